@@ -1,0 +1,100 @@
+"""Where a LoRA acts: ΔW norms and overlaps, from the factors alone.
+
+‖s·B·A‖²_F = s²·tr((BᵀB)(AAᵀ)) and ⟨ΔW₁, ΔW₂⟩_F = s₁s₂·tr((B₁ᵀB₂)(A₂A₁ᵀ)): r×r products,
+never the [out, in] matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable
+
+from . import model
+from .lora_file import LoraFile
+
+
+def module_norms(lora: LoraFile, device: str = "cpu",
+                 progress: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
+    """Frobenius norm of each module's ΔW."""
+    norms = {}
+    names = list(lora.modules)
+    for index, name in enumerate(names):
+        if progress:
+            progress(index, len(names), name)
+        down, up, scale = lora.load(name, device)
+        gram = (up.T @ up) * (down @ down.T)  # elementwise: tr(XY) = Σ X∘Yᵀ, both symmetric
+        norms[name] = abs(scale) * math.sqrt(max(float(gram.sum()), 0.0))
+    return norms
+
+
+def strength_grid(norms: dict[str, float], weights=None) -> dict[str, dict[str, float]]:
+    """{block: {component: norm}} (times |weight| when weights are given), plus "other"."""
+    grid: dict[str, dict[str, float]] = {}
+    for name, norm in norms.items():
+        factor = abs(weights.factor(name)) if weights is not None else 1.0
+        split = model.split_module(name)
+        block, comp = split if split else (model.OTHER, name)
+        grid.setdefault(block, {})[comp] = norm * factor
+    return grid
+
+
+def block_cosines(first: LoraFile, second: LoraFile, device: str = "cpu",
+                  weights=(None, None)) -> dict[str, float]:
+    """Per block, cos(ΔW₁, ΔW₂) over the block's modules taken together (weights applied)."""
+    inner: dict[str, float] = {}
+    norm1: dict[str, float] = {}
+    norm2: dict[str, float] = {}
+    for name in first.modules:
+        if name not in second.modules:
+            continue
+        split = model.split_module(name)
+        block = split[0] if split else model.OTHER
+        a1, b1, s1 = first.load(name, device)
+        a2, b2, s2 = second.load(name, device)
+        w1 = weights[0].factor(name) if weights[0] is not None else 1.0
+        w2 = weights[1].factor(name) if weights[1] is not None else 1.0
+        c1, c2 = s1 * w1, s2 * w2
+        cross = float(((b1.T @ b2) * (a1 @ a2.T)).sum()) * c1 * c2
+        n1 = float(((b1.T @ b1) * (a1 @ a1.T)).sum()) * c1 * c1
+        n2 = float(((b2.T @ b2) * (a2 @ a2.T)).sum()) * c2 * c2
+        inner[block] = inner.get(block, 0.0) + cross
+        norm1[block] = norm1.get(block, 0.0) + n1
+        norm2[block] = norm2.get(block, 0.0) + n2
+    cosines = {}
+    for block, value in inner.items():
+        denominator = math.sqrt(max(norm1[block], 0.0) * max(norm2[block], 0.0))
+        cosines[block] = value / denominator if denominator > 0 else 0.0
+    return cosines
+
+
+def file_report(lora: LoraFile, norms: dict[str, float] | None = None) -> dict:
+    """The per-file report of ``zlora inspect`` as plain data (JSON-ready)."""
+    ranks = lora.ranks
+    alphas = lora.alphas
+    report = {
+        "file": lora.path,
+        "size_bytes": os.path.getsize(lora.path),
+        "format": lora.layout,
+        "dtype": lora.dtype,
+        "modules": len(lora.modules),
+        "blocks": lora.blocks,
+        "block_coverage": f"{len(lora.blocks)}/{len(model.BLOCKS)}",
+        "components": sorted({model.split_module(m)[1] for m in lora.modules if model.split_module(m)},
+                             key=model.COMPONENTS.index),
+        "other_modules": lora.other_modules,
+        "ranks": {str(k): v for k, v in sorted(ranks.items())},
+        "alphas": {("none" if k is None else _number(k)): v for k, v in alphas.items()},
+        "dims": lora.dims,
+        "metadata": lora.training_info(),
+        "unknown_keys": lora.unknown_keys,
+        "notes": lora.notes,
+        "warnings": lora.warnings,
+    }
+    if norms is not None:
+        report["strength"] = strength_grid(norms)
+    return report
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)

@@ -1,0 +1,178 @@
+"""LoRA key names: parse every layout in circulation (ARCHITECTURE.md section 2) and write ours.
+
+Parsing turns a tensor key into (canonical module, part, layout). A part is ``A`` (down),
+``B`` (up), ``alpha``, or the name of a tensor kind the engine refuses (LoKr, LoHa, DoRA).
+Fused attention (``attention_qkv``) parses to the pseudo-module ``<block>.attention.qkv``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import model
+
+FUSED_QKV = "attention.qkv"
+
+# Suffix -> part. Longest first so ``.lora_A.default.weight`` wins over ``.weight`` forms.
+_SUFFIXES = (
+    (".lora_A.default.weight", "A"),
+    (".lora_B.default.weight", "B"),
+    (".lora_A.weight", "A"),
+    (".lora_B.weight", "B"),
+    (".lora_down.weight", "A"),
+    (".lora_up.weight", "B"),
+    (".lora.down.weight", "A"),
+    (".lora.up.weight", "B"),
+    (".alpha", "alpha"),
+    (".dora_scale", "dora"),
+    (".lora_magnitude_vector", "dora"),
+    (".lora_magnitude_vector.default.weight", "dora"),
+    (".lokr_w1", "lokr"),
+    (".lokr_w2", "lokr"),
+    (".lokr_w1_a", "lokr"),
+    (".lokr_w1_b", "lokr"),
+    (".lokr_w2_a", "lokr"),
+    (".lokr_w2_b", "lokr"),
+    (".lokr_t2", "lokr"),
+    (".hada_w1_a", "loha"),
+    (".hada_w1_b", "loha"),
+    (".hada_w2_a", "loha"),
+    (".hada_w2_b", "loha"),
+    (".hada_t1", "loha"),
+    (".hada_t2", "loha"),
+)
+_SUFFIXES = tuple(sorted(_SUFFIXES, key=lambda s: -len(s[0])))
+
+# Prefix -> layout name used in reports (refined later by suffix style).
+_PREFIXES = (
+    ("base_model.model.diffusion_model.", "diffusion_model"),
+    ("model.diffusion_model.", "diffusion_model"),
+    ("diffusion_model.", "diffusion_model"),
+    ("base_model.model.transformer.", "transformer"),
+    ("transformer.", "transformer"),
+    ("lora_unet_", "lora_unet"),
+    ("lycoris_", "lycoris"),
+)
+
+# Block-relative paths (dotted) and their component, aliases included.
+_BLOCK_PATHS = {
+    "attention.to_q": "q",
+    "attention.to_k": "k",
+    "attention.to_v": "v",
+    "attention.to_out.0": "out",
+    "attention.to_out": "out",
+    "attention.out": "out",
+    "feed_forward.w1": "w1",
+    "feed_forward.w2": "w2",
+    "feed_forward.w3": "w3",
+    "adaLN_modulation.0": "adaLN",
+    "adaLN_modulation": "adaLN",
+    FUSED_QKV: FUSED_QKV,
+}
+_BLOCK_PATHS_UNDERSCORE = {k.replace(".", "_"): v for k, v in _BLOCK_PATHS.items()}
+_OTHER_PATHS = {}
+for _canonical, _alias in model.OTHER_MODULES.items():
+    for _name in (_canonical, _alias):
+        _OTHER_PATHS[_name] = _canonical
+        _OTHER_PATHS[_name.replace(".", "_")] = _canonical
+
+_DOTTED_BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
+_UNDERSCORE_BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)_(\d+)_(.+)$")
+
+# Key fragments of other model families, for a helpful refusal.
+FOREIGN_SIGNATURES = (
+    ("double_blocks", "a Flux LoRA"),
+    ("single_blocks", "a Flux LoRA"),
+    ("single_transformer_blocks", "a Flux LoRA"),
+    ("transformer_blocks", "a Flux, SD3 or other DiT LoRA"),
+    ("input_blocks", "an SD 1.x/SDXL LoRA"),
+    ("output_blocks", "an SD 1.x/SDXL LoRA"),
+    ("down_blocks", "an SD 1.x/SDXL LoRA"),
+    ("up_blocks", "an SD 1.x/SDXL LoRA"),
+    ("lora_te1_", "an SDXL LoRA"),
+    ("joint_blocks", "an SD3 LoRA"),
+    ("blocks.0.cross_attn", "a Wan video LoRA"),
+)
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    module: str  # canonical module, or "<block prefix>.attention.qkv" for fused attention
+    part: str  # "A", "B", "alpha", "dora", "lokr", "loha"
+    prefix: str  # "diffusion_model", "transformer", "lora_unet", "lycoris" or "" (bare)
+    suffix: str  # the matched suffix, e.g. ".lora_down.weight"
+
+
+def _module_path(path: str) -> str | None:
+    """Module path (any spelling) -> canonical module or fused pseudo-module."""
+    for pattern, table in ((_DOTTED_BLOCK, _BLOCK_PATHS), (_UNDERSCORE_BLOCK, _BLOCK_PATHS_UNDERSCORE)):
+        match = pattern.match(path)
+        if match:
+            block = model.block_of_prefix(match.group(1), int(match.group(2)))
+            comp = table.get(match.group(3))
+            if block is None or comp is None:
+                return None
+            if comp == FUSED_QKV:
+                return f"{model.block_prefix(block)}.{FUSED_QKV}"
+            return model.module_name(block, comp)
+    return _OTHER_PATHS.get(path)
+
+
+def parse_key(key: str) -> ParsedKey | None:
+    """Parse one tensor key; None when it is not a Z-Image transformer LoRA key."""
+    prefix_name = ""
+    body = key
+    for prefix, name in _PREFIXES:
+        if body.startswith(prefix):
+            body, prefix_name = body[len(prefix):], name
+            break
+    for suffix, part in _SUFFIXES:
+        if body.endswith(suffix):
+            module = _module_path(body[: -len(suffix)])
+            if module is None:
+                return None
+            return ParsedKey(module, part, prefix_name, suffix)
+    return None
+
+
+def describe_layout(prefix: str, suffix: str, fused: bool, has_alpha: bool) -> str:
+    """A human name for a file's key layout, as in ARCHITECTURE.md's producer table."""
+    kohya_style = suffix in (".lora_down.weight", ".lora_up.weight")
+    if prefix == "lora_unet":
+        return "kohya/musubi (ComfyUI fused qkv)" if fused else "kohya/musubi-tuner"
+    if prefix == "lycoris":
+        return "LyCORIS"
+    if suffix.endswith(".default.weight"):
+        return "DiffSynth-Studio"
+    if prefix == "diffusion_model":
+        return "OneTrainer (diffusion_model + alpha)" if has_alpha else "AI-Toolkit"
+    if prefix == "transformer":
+        return "OneTrainer (transformer lora_down/up)" if kohya_style else "diffusers/PEFT"
+    if suffix in (".lora.down.weight", ".lora.up.weight"):
+        return "dotted lora.down/up"
+    return "bare lora_A/B (OneTrainer)" if has_alpha else "bare lora_A/B"
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+OUTPUT_FORMATS = ("aitoolkit", "kohya", "comfyui", "diffusers")
+
+
+def kohya_name(module: str) -> str:
+    """Canonical module -> musubi-tuner/kohya key stem (``lora_unet_layers_0_attention_to_q``)."""
+    return "lora_unet_" + module.replace(".", "_")
+
+
+def comfy_name(module: str) -> str:
+    """Canonical module -> the kohya stem ComfyUI maps onto its own model (fused attention)."""
+    split = model.split_module(module)
+    if split is None:
+        return "lora_unet_" + model.OTHER_MODULES[module].replace(".", "_")
+    block, comp = split
+    stem = model.block_prefix(block).replace(".", "_")
+    if comp in ("q", "k", "v"):
+        return f"lora_unet_{stem}_attention_qkv"
+    if comp == "out":
+        return f"lora_unet_{stem}_attention_out"
+    return kohya_name(module)

@@ -1,0 +1,354 @@
+"""Open a Z-Image Turbo LoRA of any layout and serve its modules, normalised, one at a time.
+
+Opening reads only the header (no torch); ``load`` reads one module's factors lazily and
+returns them in float32 with the scale (alpha/rank) that every loader would apply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import keys, model
+from .errors import ZLoraError
+from .st_header import DTYPE_NAMES, Header, read_header, read_scalar
+
+FUSED_SUFFIX = "." + keys.FUSED_QKV
+
+
+@dataclass
+class ModuleInfo:
+    """One canonical module of a file, before any data is read."""
+
+    name: str
+    rank: int
+    alpha: float | None
+    scale: float  # alpha/rank (alpha/sqrt(rank) for rsLoRA); 1 when alpha is absent
+    shape: tuple[int, int]  # [out, in] of the ΔW
+    key_a: str
+    key_b: str
+    fused_part: int | None = None  # 0/1/2 for q/k/v taken out of a fused qkv pair
+
+
+@dataclass
+class LoraFile:
+    path: str
+    header: Header = field(repr=False)
+    layout: str
+    modules: dict[str, ModuleInfo]
+    unknown_keys: list[str]
+    notes: list[str]
+    warnings: list[str]
+    dtype: str
+    dims: dict[str, int]
+
+    # ---- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "LoraFile":
+        path = os.fspath(path)
+        header = read_header(path)
+        if not header.tensors:
+            raise ZLoraError("holds no tensors", path)
+        parsed: dict[str, keys.ParsedKey] = {}
+        unknown: list[str] = []
+        for name in header.tensors:
+            key = keys.parse_key(name)
+            if key is None:
+                unknown.append(name)
+            else:
+                parsed[name] = key
+        if not parsed:
+            raise ZLoraError(_foreign_message(list(header.tensors)), path)
+        _refuse_unsupported(parsed, path)
+
+        groups: dict[str, dict[str, list[str]]] = {}
+        for name, key in parsed.items():
+            groups.setdefault(key.module, {}).setdefault(key.part, []).append(name)
+        notes: list[str] = []
+        modules: dict[str, ModuleInfo] = {}
+        peft_alpha = _PeftAlpha(header.metadata)
+
+        fused = sorted(m for m in groups if m.endswith(FUSED_SUFFIX))
+        for module in sorted((m for m in groups if not m.endswith(FUSED_SUFFIX)), key=model.module_order):
+            modules[module] = _module_info(header, module, groups[module], peft_alpha, notes)
+        for fused_module in fused:
+            block_prefix = fused_module[: -len(FUSED_SUFFIX)]
+            split_names = [f"{block_prefix}.attention.to_{p}" for p in "qkv"]
+            if any(n in modules for n in split_names):
+                notes.append(f"{fused_module}: fused qkv copy ignored, the split q/k/v keys are used")
+                continue
+            info = _module_info(header, fused_module, groups[fused_module], peft_alpha, notes)
+            if info.shape[0] % 3:
+                raise ZLoraError(f"fused qkv {fused_module} has {info.shape[0]} rows, not a multiple of 3", path)
+            part_rank = info.rank // 3 if info.rank % 3 == 0 else info.rank
+            for index, name in enumerate(split_names):
+                part_alpha = None if info.alpha is None else info.scale * part_rank
+                modules[name] = ModuleInfo(name, part_rank, part_alpha, info.scale,
+                                           (info.shape[0] // 3, info.shape[1]), info.key_a, info.key_b, index)
+        modules = dict(sorted(modules.items(), key=lambda item: model.module_order(item[0])))
+
+        lora = cls(path, header, _layout_name(parsed, fused), modules, sorted(unknown), notes, [],
+                   _dtype_of(header, modules), {})
+        lora.dims = _check_dims(lora)
+        if lora.dims and (lora.dims.get("hidden", model.HIDDEN) != model.HIDDEN
+                          or lora.dims.get("ffn", model.FFN_HIDDEN) != model.FFN_HIDDEN
+                          or lora.dims.get("adaln_in", model.ADALN_IN) != model.ADALN_IN):
+            lora.warnings.append(
+                "dimensions differ from Z-Image Turbo's (" + ", ".join(f"{k} {v}" for k, v in lora.dims.items())
+                + "; ZIT has hidden 3840, ffn 10240, adaln_in 256): a test or pruned LoRA, it will not fit ZIT")
+        if unknown:
+            lora.warnings.append(f"{len(unknown)} keys are not Z-Image transformer LoRA keys and are left out")
+        return lora
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def load(self, module: str, device: str = "cpu"):
+        """(A [r, in], B [out, r], scale) of one module as float32 on ``device``."""
+        import torch
+
+        info = self.modules[module]
+        handle = self._handle()
+        down = handle.get_tensor(info.key_a)
+        up = handle.get_tensor(info.key_b)
+        down = down.to(device=device, dtype=torch.float32)
+        up = up.to(device=device, dtype=torch.float32)
+        if info.fused_part is not None:
+            rows = info.shape[0]
+            up = up[info.fused_part * rows:(info.fused_part + 1) * rows]
+            # A block-diagonal fused up matrix has zero columns outside this part's own rank:
+            # dropping them is exact and keeps the split module at its real rank.
+            used = up.abs().sum(dim=0) != 0
+            if not bool(used.all()):
+                up, down = up[:, used], down[used]
+        if not (bool(torch.isfinite(down).all()) and bool(torch.isfinite(up).all())):
+            raise ZLoraError(f"module {module} holds NaN or Inf values", self.path)
+        return down, up, info.scale
+
+    def _handle(self):
+        handle = getattr(self, "_safe_handle", None)
+        if handle is None:
+            from safetensors import safe_open
+
+            # pread avoids the copy-on-write page faults of the default memory map.
+            try:
+                handle = safe_open(self.path, framework="pt", device="cpu", backend="pread")
+            except TypeError:  # safetensors without the backend option
+                handle = safe_open(self.path, framework="pt", device="cpu")
+            self._safe_handle = handle
+        return handle
+
+    def close(self) -> None:
+        handle = getattr(self, "_safe_handle", None)
+        if handle is not None:
+            exit_ = getattr(handle, "__exit__", None)
+            if exit_:
+                exit_(None, None, None)
+            self._safe_handle = None
+
+    # ---- reporting ----------------------------------------------------------------------
+
+    @property
+    def blocks(self) -> list[str]:
+        present = {model.split_module(m)[0] for m in self.modules if model.split_module(m)}
+        return [b for b in model.BLOCKS if b in present]
+
+    @property
+    def other_modules(self) -> list[str]:
+        return [m for m in self.modules if model.split_module(m) is None]
+
+    @property
+    def ranks(self) -> Counter:
+        return Counter(info.rank for info in self.modules.values())
+
+    @property
+    def alphas(self) -> Counter:
+        return Counter(info.alpha for info in self.modules.values())
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.header.metadata
+
+    def training_info(self) -> dict[str, object]:
+        return summarize_metadata(self.header.metadata)
+
+
+class _PeftAlpha:
+    """Alpha from the diffusers ``lora_adapter_metadata`` header (PEFT LoraConfig fields)."""
+
+    def __init__(self, metadata: dict[str, str]):
+        self.config: dict = {}
+        raw = metadata.get("lora_adapter_metadata")
+        if raw:
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError:
+                data = {}
+            if isinstance(data, dict):
+                for name, value in data.items():
+                    self.config[name.removeprefix("transformer.")] = value
+
+    def alpha_for(self, module: str) -> tuple[float | None, bool]:
+        """(alpha, rslora) for a module, or (None, False) without a header."""
+        if "lora_alpha" not in self.config:
+            return None, False
+        alpha = self.config["lora_alpha"]
+        for pattern, value in (self.config.get("alpha_pattern") or {}).items():
+            if re.match(rf"(.*\.)?({pattern})$", module):
+                alpha = value
+                break
+        return float(alpha), bool(self.config.get("use_rslora", False))
+
+
+def _module_info(header: Header, module: str, parts: dict[str, list[str]], peft_alpha: _PeftAlpha,
+                 notes: list[str]) -> ModuleInfo:
+    path = header.path
+    if "A" not in parts or "B" not in parts:
+        have = "up (B)" if "B" in parts else "down (A)" if "A" in parts else "only alpha"
+        raise ZLoraError(f"module {module} is incomplete: it has {have} but not both factors", path)
+    key_a, key_b = _pick(parts["A"], module, notes), _pick(parts["B"], module, notes)
+    shape_a, shape_b = header.tensors[key_a].shape, header.tensors[key_b].shape
+    if len(shape_a) != 2 or len(shape_b) != 2:
+        raise ZLoraError(f"module {module}: factors must be 2-D, got {list(shape_a)} and {list(shape_b)}", path)
+    rank = shape_a[0]
+    if shape_b[1] != rank or rank == 0:
+        raise ZLoraError(
+            f"module {module}: down {list(shape_a)} and up {list(shape_b)} disagree on the rank", path)
+    alpha, rslora = None, False
+    if "alpha" in parts:
+        alpha_key = _pick(parts["alpha"], module, notes)
+        try:
+            alpha = read_scalar(header, alpha_key)
+        except ZLoraError:
+            raise
+        if not math.isfinite(alpha):
+            raise ZLoraError(f"module {module} has a non-finite alpha", path)
+    else:
+        alpha, rslora = peft_alpha.alpha_for(module)
+    if alpha is None:
+        scale = 1.0
+    else:
+        scale = alpha / (math.sqrt(rank) if rslora else rank)
+    return ModuleInfo(module, rank, alpha, scale, (shape_b[0], shape_a[1]), key_a, key_b)
+
+
+def _pick(candidates: list[str], module: str, notes: list[str]) -> str:
+    """One key of several redundant spellings of the same tensor: prefer the canonical one."""
+    if len(candidates) == 1:
+        return candidates[0]
+    ordered = sorted(candidates, key=lambda k: (".out." in k or "_out." in k or k.endswith("_out.alpha"), k))
+    notes.append(f"{module}: redundant copies {ordered[1:]} ignored, {ordered[0]} used")
+    return ordered[0]
+
+
+def _refuse_unsupported(parsed: dict[str, keys.ParsedKey], path: str) -> None:
+    kinds = {key.part for key in parsed.values()}
+    if "lokr" in kinds:
+        raise ZLoraError("is a LoKr file (lokr_w1/lokr_w2): LoKr is not supported yet", path)
+    if "loha" in kinds:
+        raise ZLoraError("is a LoHa file (hada_w1/hada_w2): LoHa is not supported yet", path)
+    if "dora" in kinds:
+        raise ZLoraError("is a DoRA file (dora_scale/magnitude): DoRA is not supported yet", path)
+
+
+def _foreign_message(names: list[str]) -> str:
+    joined = "\n".join(names)
+    for fragment, what in keys.FOREIGN_SIGNATURES:
+        if fragment in joined:
+            return f"looks like {what} (keys such as {_example(names, fragment)!r}), not a Z-Image Turbo LoRA"
+    if any(n.startswith(("lora_te", "text_encoder")) for n in names):
+        return "holds only text-encoder LoRA keys, no Z-Image transformer keys"
+    return f"no Z-Image Turbo LoRA keys found (first key: {names[0]!r})"
+
+
+def _example(names: list[str], fragment: str) -> str:
+    return next(n for n in names if fragment in n)
+
+
+def _layout_name(parsed: dict[str, keys.ParsedKey], fused: list[str]) -> str:
+    factor_keys = [k for k in parsed.values() if k.part in ("A", "B")]
+    prefix, suffix = Counter((k.prefix, k.suffix) for k in factor_keys if k.part == "A").most_common(1)[0][0]
+    has_alpha = any(k.part == "alpha" for k in parsed.values())
+    return keys.describe_layout(prefix, suffix, bool(fused), has_alpha)
+
+
+def _dtype_of(header: Header, modules: dict[str, ModuleInfo]) -> str:
+    codes = Counter(header.tensors[info.key_b].dtype for info in modules.values())
+    names = [DTYPE_NAMES.get(code, code) for code, _ in codes.most_common()]
+    return names[0] if len(names) == 1 else "mixed: " + ", ".join(names)
+
+
+def _check_dims(lora: LoraFile) -> dict[str, int]:
+    """Infer hidden / ffn / adaLN-input sizes and check every block module agrees with them."""
+    dims: dict[str, int] = {}
+    for name, info in lora.modules.items():
+        split = model.split_module(name)
+        if split is None:
+            continue
+        comp = split[1]
+        if comp in ("q", "k", "v", "out"):
+            dims.setdefault("hidden", info.shape[0])
+        elif comp in ("w1", "w3"):
+            dims.setdefault("ffn", info.shape[0])
+            dims.setdefault("hidden", info.shape[1])
+        elif comp == "w2":
+            dims.setdefault("hidden", info.shape[0])
+            dims.setdefault("ffn", info.shape[1])
+        elif comp == "adaLN":
+            dims.setdefault("adaln_in", info.shape[1])
+            if info.shape[0] % 4 == 0:
+                dims.setdefault("hidden", info.shape[0] // 4)
+    hidden = dims.get("hidden", model.HIDDEN)
+    ffn = dims.get("ffn", model.FFN_HIDDEN)
+    adaln_in = dims.get("adaln_in", model.ADALN_IN)
+    for name, info in lora.modules.items():
+        expected = model.expected_shape(name, hidden, ffn, adaln_in)
+        if expected is not None and tuple(info.shape) != expected:
+            raise ZLoraError(
+                f"module {name} has shape {list(info.shape)}, expected {list(expected)} "
+                f"for a Z-Image-style model of hidden size {hidden}", lora.path)
+    return dims
+
+
+_TRIGGER_KEYS = ("modelspec.trigger_phrase", "trigger_phrase", "trigger_word", "trigger_words",
+                 "ss_trigger_words", "activation_text")
+
+
+def summarize_metadata(metadata: dict[str, str]) -> dict[str, object]:
+    """Training tool, base model and trigger words found in a file's metadata, if any."""
+    info: dict[str, object] = {}
+    tool = None
+    if any(k.startswith("ss_") for k in metadata):
+        tool = "kohya/musubi-tuner"
+        if "ss_network_module" in metadata:
+            tool += f" ({metadata['ss_network_module']})"
+    software = metadata.get("software")
+    if software:
+        try:
+            data = json.loads(software)
+            tool = data.get("name", software) + (f" {data['version']}" if data.get("version") else "")
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            tool = software
+    if "lora_adapter_metadata" in metadata and not tool:
+        tool = "diffusers/PEFT"
+    if "zlora_recipe" in metadata:
+        tool = "ZLoRA Desktop"
+    if any(k.startswith("ot_") or k.startswith("onetrainer") for k in metadata):
+        tool = "OneTrainer"
+    if tool:
+        info["training_tool"] = tool
+    for key in ("modelspec.architecture", "ss_base_model_version", "modelspec.title", "ss_output_name"):
+        if metadata.get(key):
+            info[key] = metadata[key]
+    triggers: list[str] = []
+    for key in _TRIGGER_KEYS:
+        value = metadata.get(key)
+        if value:
+            triggers.extend(t.strip() for t in re.split(r"[,\n]", value) if t.strip())
+    if triggers:
+        info["trigger_words"] = list(dict.fromkeys(triggers))
+    return info

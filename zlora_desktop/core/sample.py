@@ -1,0 +1,179 @@
+"""Synthetic Z-Image Turbo LoRAs in every key layout in circulation, for demos and tests.
+
+``write_sample`` returns the ground truth of what it wrote: for each canonical module the
+float64 factors as stored (after rounding to the file's dtype) and the scale every loader
+applies, so a test can compute ΔW independently of the engine's reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from . import model
+
+# layout -> (key prefix, down suffix, up suffix, alpha: "tensor" | "header" | None, name style)
+LAYOUTS = {
+    "aitoolkit": ("diffusion_model.", ".lora_A.weight", ".lora_B.weight", None, "dotted"),
+    "diffusers": ("transformer.", ".lora_A.weight", ".lora_B.weight", "header", "dotted"),
+    "kohya": ("lora_unet_", ".lora_down.weight", ".lora_up.weight", "tensor", "underscore"),
+    "musubi-comfy": ("lora_unet_", ".lora_down.weight", ".lora_up.weight", "tensor", "fused"),
+    "mixed-comfy": ("lora_unet_", ".lora_down.weight", ".lora_up.weight", "tensor", "split+fused"),
+    "diffsynth": ("", ".lora_A.default.weight", ".lora_B.default.weight", None, "dotted"),
+    "onetrainer-bare": ("", ".lora_A.weight", ".lora_B.weight", "tensor", "dotted"),
+    "onetrainer-diffusion": ("diffusion_model.", ".lora_A.weight", ".lora_B.weight", "tensor", "dotted"),
+    "onetrainer-transformer": ("transformer.", ".lora_down.weight", ".lora_up.weight", "tensor", "dotted"),
+}
+# Kinds the engine refuses, written for tests and demos of the error messages.
+REFUSED = ("lokr", "loha", "dora", "sdxl", "flux", "text-encoder")
+
+
+@dataclass
+class SampleSpec:
+    layout: str = "aitoolkit"
+    rank: int = 4
+    hidden: int = 64  # ZIT: 3840
+    ffn: int = 160  # ZIT: 10240
+    adaln_in: int = 16  # ZIT: 256
+    layers: int = 30
+    components: tuple[str, ...] = model.COMPONENTS
+    refiners: bool = False
+    others: bool = False
+    alpha: float | None = None  # None: the layout's usual (absent, or rank/2 where alpha is stored)
+    dtype: str = "bf16"
+    seed: int = 0
+    trigger: str | None = None
+
+    @classmethod
+    def full_size(cls, **kwargs) -> "SampleSpec":
+        return cls(hidden=model.HIDDEN, ffn=model.FFN_HIDDEN, adaln_in=model.ADALN_IN, **kwargs)
+
+
+def _modules(spec: SampleSpec) -> list[str]:
+    blocks = [b for b in model.LAYER_BLOCKS[: spec.layers]]
+    if spec.refiners:
+        blocks = list(model.REFINER_BLOCKS) + blocks
+    names = [model.module_name(b, c) for b in blocks for c in spec.components
+             if not (b.startswith("CR") and c == "adaLN")]
+    if spec.others:
+        names += list(model.OTHER_MODULES)
+    return names
+
+
+def _other_shape(name: str, spec: SampleSpec) -> tuple[int, int]:
+    return {
+        "t_embedder.mlp.0": (4 * spec.adaln_in, spec.adaln_in),
+        "t_embedder.mlp.2": (spec.adaln_in, 4 * spec.adaln_in),
+        "cap_embedder.1": (spec.hidden, 2 * spec.hidden // 3),
+        "all_x_embedder.2-1": (spec.hidden, 64),
+        "all_final_layer.2-1.linear": (64, spec.hidden),
+        "all_final_layer.2-1.adaLN_modulation.1": (spec.hidden, spec.adaln_in),
+    }[name]
+
+
+def make_factors(spec: SampleSpec):
+    """{module: (A, B)} float32 random factors of the spec's shapes (B not zero, as if trained)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(spec.seed)
+    factors = {}
+    for name in _modules(spec):
+        shape = model.expected_shape(name, spec.hidden, spec.ffn, spec.adaln_in) or _other_shape(name, spec)
+        out_dim, in_dim = shape
+        down = torch.randn(spec.rank, in_dim, generator=generator) / in_dim ** 0.5
+        up = torch.randn(out_dim, spec.rank, generator=generator) * 0.05
+        factors[name] = (down, up)
+    return factors
+
+
+def write_sample(path: str | os.PathLike, spec: SampleSpec) -> dict[str, tuple]:
+    """Write a sample LoRA; return {module: (A float64, B float64, scale)} as stored."""
+    import torch
+    from safetensors.torch import save_file
+
+    if spec.layout in REFUSED:
+        return _write_refused(path, spec)
+    prefix, down_suffix, up_suffix, alpha_mode, style = LAYOUTS[spec.layout]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[spec.dtype]
+    alpha = spec.alpha if spec.alpha is not None else (spec.rank / 2 if alpha_mode else None)
+    scale = alpha / spec.rank if alpha is not None else 1.0
+    tensors: dict = {}
+    truth: dict[str, tuple] = {}
+    metadata = {"software": json.dumps({"name": "zlora sample", "version": "1"})}
+    if spec.trigger:
+        metadata["modelspec.trigger_phrase"] = spec.trigger
+    factors = {n: (a.to(dtype), b.to(dtype)) for n, (a, b) in make_factors(spec).items()}
+    fused_blocks: dict[str, dict[str, tuple]] = {}
+
+    def stem(name: str) -> str:
+        return prefix + (name.replace(".", "_") if style != "dotted" else name)
+
+    for name, (down, up) in factors.items():
+        truth[name] = (down.double(), up.double(), scale)
+        split = model.split_module(name)
+        if style in ("fused", "split+fused") and split and split[1] in ("q", "k", "v"):
+            fused_blocks.setdefault(model.block_prefix(split[0]), {})[split[1]] = (down, up)
+            if style == "fused":
+                continue
+        names = [stem(name)]
+        if style in ("fused", "split+fused") and split and split[1] == "out":
+            comfy_out = prefix + f"{model.block_prefix(split[0])}.attention.out".replace(".", "_")
+            names = [comfy_out] if style == "fused" else names + [comfy_out]
+        for key in names:
+            tensors[key + down_suffix] = down.clone()
+            tensors[key + up_suffix] = up.clone()
+            if alpha_mode == "tensor" and alpha is not None:
+                tensors[key + ".alpha"] = torch.tensor(alpha, dtype=dtype)
+    for block_prefix, parts in fused_blocks.items():
+        # musubi's ComfyUI conversion: down = cat(q, k, v), up block-diagonal, alpha x3.
+        downs = [parts[p][0] for p in "qkv" if p in parts]
+        rows = next(iter(parts.values()))[1].shape[0]
+        up = torch.zeros(3 * rows, sum(d.shape[0] for d in downs), dtype=dtype)
+        offset = 0
+        for index, p in enumerate("qkv"):
+            if p in parts:
+                r = parts[p][0].shape[0]
+                up[index * rows:(index + 1) * rows, offset:offset + r] = parts[p][1]
+                offset += r
+        key = prefix + f"{block_prefix}.attention.qkv".replace(".", "_")
+        tensors[key + down_suffix] = torch.cat(downs, 0).contiguous()
+        tensors[key + up_suffix] = up
+        if alpha is not None:
+            tensors[key + ".alpha"] = torch.tensor(alpha * len(downs), dtype=dtype)
+    if alpha_mode == "header" and alpha is not None:
+        metadata["lora_adapter_metadata"] = json.dumps(
+            {"transformer.r": spec.rank, "transformer.lora_alpha": alpha,
+             "transformer.target_modules": sorted({n.split(".")[-1] for n in factors})})
+    save_file(tensors, os.fspath(path), metadata=metadata)
+    return truth
+
+
+def _write_refused(path, spec: SampleSpec) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    r, d = spec.rank, spec.hidden
+    t = torch.zeros
+    tensors = {
+        "lokr": {"diffusion_model.layers.0.attention.to_q.lokr_w1": t(4, 4),
+                 "diffusion_model.layers.0.attention.to_q.lokr_w2": t(d // 4, d // 4),
+                 "diffusion_model.layers.0.attention.to_q.alpha": torch.tensor(1e10)},
+        "loha": {f"lycoris_layers_0_attention_to_q.hada_w1_a": t(d, r),
+                 f"lycoris_layers_0_attention_to_q.hada_w1_b": t(r, d),
+                 f"lycoris_layers_0_attention_to_q.hada_w2_a": t(d, r),
+                 f"lycoris_layers_0_attention_to_q.hada_w2_b": t(r, d)},
+        "dora": {"lora_unet_layers_0_attention_to_q.lora_down.weight": t(r, d),
+                 "lora_unet_layers_0_attention_to_q.lora_up.weight": t(d, r),
+                 "lora_unet_layers_0_attention_to_q.dora_scale": t(1, d)},
+        "sdxl": {"lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight": t(r, 640),
+                 "lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight": t(640, r),
+                 "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": t(r, 768)},
+        "flux": {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": t(r, 3072),
+                 "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": t(3072, r),
+                 "transformer.single_transformer_blocks.0.proj_out.lora_A.weight": t(r, 3072)},
+        "text-encoder": {"lora_te_model_layers_0_self_attn_q_proj.lora_down.weight": t(r, 2560),
+                         "lora_te_model_layers_0_self_attn_q_proj.lora_up.weight": t(2560, r)},
+    }[spec.layout]
+    save_file(tensors, os.fspath(path))
+    return {}
