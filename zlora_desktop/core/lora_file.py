@@ -80,7 +80,7 @@ class LoraFile:
             block_prefix = fused_module[: -len(FUSED_SUFFIX)]
             split_names = [f"{block_prefix}.attention.to_{p}" for p in "qkv"]
             if any(n in modules for n in split_names):
-                notes.append(f"{fused_module}: fused qkv copy ignored, the split q/k/v keys are used")
+                notes.append("fused attention_qkv copies ignored, the split to_q/to_k/to_v keys are used")
                 continue
             info = _module_info(header, fused_module, groups[fused_module], peft_alpha, notes)
             if info.shape[0] % 3:
@@ -92,6 +92,7 @@ class LoraFile:
                                            (info.shape[0] // 3, info.shape[1]), info.key_a, info.key_b, index)
         modules = dict(sorted(modules.items(), key=lambda item: model.module_order(item[0])))
 
+        notes = _collapse(notes)
         lora = cls(path, header, _layout_name(parsed, fused), modules, sorted(unknown), notes, [],
                    _dtype_of(header, modules), {})
         lora.dims = _check_dims(lora)
@@ -241,8 +242,17 @@ def _pick(candidates: list[str], module: str, notes: list[str]) -> str:
     if len(candidates) == 1:
         return candidates[0]
     ordered = sorted(candidates, key=lambda k: (".out." in k or "_out." in k or k.endswith("_out.alpha"), k))
-    notes.append(f"{module}: redundant copies {ordered[1:]} ignored, {ordered[0]} used")
+    notes.append("redundant copies of the same module ignored (e.g. " + ", ".join(ordered[1:]) +
+                 f"; {ordered[0]} used)")
     return ordered[0]
+
+
+def _collapse(notes: list[str]) -> list[str]:
+    """One line per kind of note, with a count, instead of one per module."""
+    kinds: dict[str, list[str]] = {}
+    for note in notes:
+        kinds.setdefault(note.split(" (e.g.")[0], []).append(note)
+    return [items[0] if len(items) == 1 else f"{items[0]} [×{len(items)}]" for items in kinds.values()]
 
 
 def _refuse_unsupported(parsed: dict[str, keys.ParsedKey], path: str) -> None:
