@@ -1,0 +1,98 @@
+"""Built-in presets (data in resources/), the user's own, import/export, corrupt files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zlora_desktop.core import model
+from zlora_desktop.core.errors import ZLoraError
+from zlora_desktop.core.presets import PresetStore
+from zlora_desktop.core.weights import BlockWeights
+
+REQUIRED_CATEGORIES = {"prompt", "composition", "face", "detail", "background", "light", "layers"}
+
+
+def test_builtin_presets_cover_every_effect_and_parse(tmp_path):
+    store = PresetStore(tmp_path)
+    assert {c.id for c in store.categories} >= REQUIRED_CATEGORIES
+    assert {p.category for p in store.builtin} >= REQUIRED_CATEGORIES
+    for preset in store.builtin:
+        preset.block_weights()  # every built-in parses
+    names = {p.name for p in store.builtin}
+    assert {"layers-early", "layers-mid", "layers-late"} <= names
+
+
+def test_effect_presets_follow_the_users_notes(tmp_path):
+    store = PresetStore(tmp_path)
+    for category in store.categories:
+        if not category.components:
+            continue
+        only = store.get(f"{category.id}-only").block_weights()
+        for comp in model.COMPONENTS:
+            expected = 1.0 if comp in category.components else 0.0
+            assert only.get("L10", comp) == expected, (category.id, comp)
+    face = store.get("face-layers").block_weights()
+    assert [face.get(b, "v") for b in ("L15", "L16", "L24", "L25")] == [0, 1, 1, 0]
+    late = store.get("layers-late").block_weights()
+    assert late.get("L20", "q") == 0 and late.get("L21", "q") == 1
+
+
+def test_user_presets_persist_rename_delete(tmp_path):
+    store = PresetStore(tmp_path)
+    store.save("mine", BlockWeights.parse("L03=0.5"), "test")
+    again = PresetStore(tmp_path)
+    assert again.get("mine").block_weights() == BlockWeights.parse("L03=0.5")
+    again.rename("mine", "ours")
+    again = PresetStore(tmp_path)
+    assert [p.name for p in again.user] == ["ours"]
+    again.delete("ours")
+    assert PresetStore(tmp_path).user == []
+    with pytest.raises(ZLoraError, match="built-in presets cannot be changed"):
+        again.delete("face-only")
+
+
+def test_corrupt_user_file_is_kept_aside_and_reported(tmp_path):
+    (tmp_path / "presets.json").write_text("{not json", encoding="utf-8")
+    store = PresetStore(tmp_path)
+    assert store.user == [] and len(store.problems) == 1
+    backups = list(tmp_path.glob("presets.json.corrupt-*"))
+    assert len(backups) == 1 and backups[0].read_text() == "{not json"
+    store.save("fresh", "q=0")
+    assert PresetStore(tmp_path).get("fresh").weights == "q=0"
+
+
+def test_one_bad_entry_does_not_lose_the_others(tmp_path):
+    data = {"presets": [{"name": "good", "weights": "q=0"}, {"name": "bad", "weights": "L99=1"}, {"x": 1}]}
+    (tmp_path / "presets.json").write_text(json.dumps(data), encoding="utf-8")
+    store = PresetStore(tmp_path)
+    assert [p.name for p in store.user] == ["good"]
+    assert len(store.problems) == 2 and "bad" not in [p.name for p in store.user]
+    assert list(tmp_path.glob("presets.json.corrupt-*"))
+
+
+def test_import_export_json_and_lbw(tmp_path):
+    store = PresetStore(tmp_path / "data")
+    lbw = tmp_path / "in.txt"
+    lbw.write_text("EARLY:" + ",".join(["1"] * 9 + ["0"] * 21) + "\n", encoding="utf-8")
+    [imported] = store.import_file(lbw)
+    assert imported.name == "EARLY"
+    weights = store.get("EARLY").block_weights()
+    assert weights.get("L08", "q") == 1 and weights.get("L09", "q") == 0 and weights.get("NR0", "q") == 1
+    out_lbw = tmp_path / "out.txt"
+    store.export(["EARLY"], out_lbw, lbw=True)
+    assert out_lbw.read_text().strip() == "EARLY:" + ",".join(["1"] * 13 + ["0"] * 21)
+    out_json = tmp_path / "out.json"
+    store.export(["EARLY", "face-only"], out_json)
+    other = PresetStore(tmp_path / "other")
+    names = [p.name for p in other.import_file(out_json)]
+    assert names == ["EARLY", "face-only"]
+    assert other.get("EARLY").block_weights() == weights
+
+
+def test_import_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"presets": [{"name": "x", "weights": "q=zz"}]}', encoding="utf-8")
+    with pytest.raises(ZLoraError, match="bad.json"):
+        PresetStore(tmp_path / "d").import_file(bad)
