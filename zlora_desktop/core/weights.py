@@ -141,8 +141,7 @@ class BlockWeights:
         if size == 30 and any(self.cells[(b, c)] != 1.0 for b in model.REFINER_BLOCKS for c in model.COMPONENTS
                               if not _absent(b, c)):
             raise ZLoraError("refiner blocks are weighted; use the 34-value LBW form")
-        if self.other != 1.0:
-            raise ZLoraError("'other' modules are weighted; an LBW vector cannot hold that")
+        # The value for "other" modules (embedders, final layer) is not part of an LBW vector.
         return values
 
 
