@@ -112,21 +112,28 @@ class LoraFile:
         """(A [r, in], B [out, r], scale) of one module as float32 on ``device``."""
         import torch
 
+        down, up, scale = self.load_stored(module)
+        return down.to(device=device, dtype=torch.float32), up.to(device=device, dtype=torch.float32), scale
+
+    def load_stored(self, module: str):
+        """(A [r, in], B [out, r], scale) of one module as stored (the file's dtype), on the CPU.
+
+        The same checks and fused-qkv split as ``load``, without the float32 copy: the merge
+        engine converts (or, where it can, copies) each factor once, straight into its output.
+        """
         info = self.modules[module]
         handle = self._handle()
         down = handle.get_tensor(info.key_a)
         up = handle.get_tensor(info.key_b)
-        down = down.to(device=device, dtype=torch.float32)
-        up = up.to(device=device, dtype=torch.float32)
         if info.fused_part is not None:
             rows = info.shape[0]
             up = up[info.fused_part * rows:(info.fused_part + 1) * rows]
             # A block-diagonal fused up matrix has zero columns outside this part's own rank:
             # dropping them is exact and keeps the split module at its real rank.
-            used = up.abs().sum(dim=0) != 0
+            used = (up != 0).any(dim=0)
             if not bool(used.all()):
                 up, down = up[:, used], down[used]
-        if not (bool(torch.isfinite(down).all()) and bool(torch.isfinite(up).all())):
+        if not (_all_finite(down) and _all_finite(up)):
             raise ZLoraError(f"module {module} holds NaN or Inf values", self.path)
         return down, up, info.scale
 
@@ -176,6 +183,18 @@ class LoraFile:
 
     def training_info(self) -> dict[str, object]:
         return summarize_metadata(self.header.metadata)
+
+
+def _all_finite(tensor) -> bool:
+    """No NaN or Inf once in float32: one min/max pass (both propagate NaN), no boolean copy."""
+    import torch
+
+    if tensor.numel() == 0:
+        return True
+    if tensor.dtype in (torch.bfloat16, torch.float16, torch.float32):  # exact in float32
+        low, high = torch.aminmax(tensor)
+        return math.isfinite(float(low)) and math.isfinite(float(high))
+    return bool(torch.isfinite(tensor.to(torch.float32)).all())
 
 
 class _PeftAlpha:

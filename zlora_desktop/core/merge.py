@@ -177,19 +177,23 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
             for lora, ratio, weights in inputs:
                 factor = ratio * weights.factor(name)
                 if name in lora.modules and factor != 0.0:
-                    down, up, scale = lora.load(name, device)
+                    down, up, scale = lora.load_stored(name)  # as stored: converted once, below
                     terms.append((down, up, factor * scale))
             if not terms:
                 report.dropped.append(name)
                 continue
-            down, up = concat_terms(terms)
             if recipe.method == "svd":
+                down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
                 down, up, stats = svd_truncate(down, up, recipe.rank, recipe.energy)
                 stats.module = name
+                down, up = down.to("cpu", dtype), up.to("cpu", dtype)
             else:
+                # Exact: no arithmetic beyond one scaling per factor, so it is done on the CPU
+                # straight into the output dtype (bit for bit what float32 then a cast gives).
+                down, up = stack_terms(terms, dtype, "cpu")
                 stats = ModuleStats(name, down.shape[0], down.shape[0])
             report.modules.append(stats)
-            out_modules[name] = (down.to("cpu", dtype), up.to("cpu", dtype))
+            out_modules[name] = (down, up)
             del terms, down, up
         if is_cancelled():
             raise CancelledError()
@@ -224,17 +228,73 @@ def concat_terms(terms):
     return torch.cat(downs, dim=0), torch.cat(ups, dim=1)
 
 
+def stack_terms(terms, dtype, device: str = "cpu", up_column_major: bool = False):
+    """``concat_terms`` then a cast to ``dtype``, from factors in any dtype, with no intermediate copy.
+
+    Each factor is converted and scaled once, straight into its slice of the output pair: the
+    result is bit for bit ``concat_terms`` (float32 arithmetic) followed by ``.to(dtype)``.
+    ``up_column_major`` lays B out column by column (what QR wants; the values are the same).
+    """
+    import torch
+
+    rank = sum(down.shape[0] for down, _, _ in terms)
+    in_dim, out_dim = terms[0][0].shape[1], terms[0][1].shape[0]
+    down_out = torch.empty((rank, in_dim), dtype=dtype, device=device)
+    if up_column_major:
+        up_out = torch.empty((rank, out_dim), dtype=dtype, device=device).T
+    else:
+        up_out = torch.empty((out_dim, rank), dtype=dtype, device=device)
+    offset = 0
+    for down, up, factor in terms:
+        root = math.sqrt(abs(factor))
+        part = down.shape[0]
+        _scaled_copy(down_out[offset:offset + part], down, root)
+        _scaled_copy(up_out[:, offset:offset + part], up, root if factor > 0 else -root)
+        offset += part
+    return down_out, up_out
+
+
+def _scaled_copy(target, source, multiplier: float) -> None:
+    """target[...] = (float32(source) · multiplier) cast to target's dtype, rounding as that does."""
+    import torch
+
+    if source.dtype == target.dtype and source.device == target.device:
+        if multiplier == 1.0:
+            target.copy_(source)  # x·1 is exact in float32, and so is the cast back
+        else:
+            # float32 source: the same op; bf16/fp16: torch computes in float32 and rounds once.
+            torch.mul(source, multiplier, out=target)
+    elif target.dtype == torch.float32:
+        target.copy_(source)  # widening is exact
+        if multiplier != 1.0:
+            target.mul_(multiplier)
+    else:
+        target.copy_(source.to(device=target.device, dtype=torch.float32) * multiplier)  # never in place: may be source
+
+
+# A kept singular value σ below this fraction of ‖up‖_F·‖down‖_F is too small for the vectors to be
+# taken from the R factors alone (their float32 error grows as (ε‖up‖‖down‖)²/σ): Q is formed then.
+_R_ONLY_MIN = 1e3 * 2.0 ** -23
+
+
 def svd_truncate(down, up, rank: int | str, energy: float):
     """Best rank-k approximation of M = up·down from the factors, never forming M.
 
     up = Q_b R_b, downᵀ = Q_a R_a, so M = Q_b (R_b R_aᵀ) Q_aᵀ; the SVD of the small core
     R_b R_aᵀ = U S Vᵀ gives M's singular values S and vectors Q_b U, Q_a V.
+
+    Q is rarely formed (that is most of a QR's cost): since R_b R_aᵀ V = U S,
+    Q_b U_k √S_k = up·(R_aᵀ V_k S_k^-½) and √S_k V_kᵀ Q_aᵀ = (S_k^-½ U_kᵀ R_b)·down, so the kept
+    vectors come from the factors times small matrices. Where a kept σ is near float32 noise,
+    Q is formed from the same Householder reflectors and the vectors are taken as Q_b U, Q_a V.
     """
     import torch
 
     total_rank = down.shape[0]
-    q_b, r_b = _qr(up)
-    q_a, r_a = _qr(down.T)
+    a_b, tau_b = _geqrf(up)
+    a_a, tau_a = _geqrf(down.T)
+    r_b = a_b[: min(a_b.shape)].triu()  # [min(out, r), r]
+    r_a = a_a[: min(a_a.shape)].triu()  # [min(in, r), r]
     core = (r_b @ r_a.T).to("cpu", torch.float64)
     u, s, vh = torch.linalg.svd(core, full_matrices=False)
     energies = s.square()
@@ -249,21 +309,42 @@ def svd_truncate(down, up, rank: int | str, energy: float):
     kept_energy = kept / total if total > 0 else 1.0
     rel_error = math.sqrt(max(total - kept, 0.0) / total) if total > 0 else 0.0
     root = s[:keep].sqrt()
-    left = (u[:, :keep] * root).to(up.device, torch.float32)
-    right = (root[:, None] * vh[:keep]).to(up.device, torch.float32)
-    new_up = q_b @ left
-    new_down = right @ q_a.T
+    r_b64, r_a64 = r_b.to("cpu", torch.float64), r_a.to("cpu", torch.float64)
+    if float(s[keep - 1]) > _R_ONLY_MIN * float(torch.linalg.norm(r_b64)) * float(torch.linalg.norm(r_a64)):
+        right_map = (r_a64.T @ vh[:keep].T) / root  # R_aᵀ V_k S_k^-½   [r, k]
+        left_map = (u[:, :keep].T / root[:, None]) @ r_b64  # S_k^-½ U_kᵀ R_b   [k, r]
+        new_up = up @ right_map.to(up.device, torch.float32)
+        new_down = left_map.to(down.device, torch.float32) @ down
+    else:
+        q_b = _householder_product(a_b, tau_b)
+        q_a = _householder_product(a_a, tau_a)
+        left = (u[:, :keep] * root).to(up.device, torch.float32)
+        right = (root[:, None] * vh[:keep]).to(up.device, torch.float32)
+        new_up = q_b @ left
+        new_down = right @ q_a.T
     return new_down, new_up, ModuleStats("", total_rank, keep, kept_energy, rel_error)
 
 
-def _qr(matrix):
+def _geqrf(matrix):
+    """Householder QR in LAPACK's compact form (reflectors below R), as torch.geqrf."""
     import torch
 
     try:
-        return torch.linalg.qr(matrix, mode="reduced")
-    except (NotImplementedError, RuntimeError):  # e.g. QR missing on MPS
-        q, r = torch.linalg.qr(matrix.cpu(), mode="reduced")
-        return q.to(matrix.device), r.to(matrix.device)
+        return torch.geqrf(matrix)
+    except (NotImplementedError, RuntimeError):  # e.g. missing on MPS
+        a, tau = torch.geqrf(matrix.cpu())
+        return a.to(matrix.device), tau.to(matrix.device)
+
+
+def _householder_product(a, tau):
+    """The reduced Q [m, min(m, n)] of a ``_geqrf`` result."""
+    import torch
+
+    a = a[:, : min(a.shape)]
+    try:
+        return torch.linalg.householder_product(a, tau)
+    except (NotImplementedError, RuntimeError):  # e.g. missing on MPS
+        return torch.linalg.householder_product(a.cpu(), tau.cpu()).to(a.device)
 
 
 # ---- metadata ------------------------------------------------------------------------------
