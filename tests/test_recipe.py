@@ -8,7 +8,6 @@ import pytest
 
 from zlora_desktop.core.errors import ZLoraError
 from zlora_desktop.core.recipe import Recipe, RecipeInput
-from zlora_desktop.core.weights import BlockWeights
 
 
 def test_round_trip_with_relative_paths(tmp_path):

@@ -169,3 +169,31 @@ def test_single_input_keeps_training_metadata_but_not_its_layout_keys(tmp_path):
         metadata = handle.metadata()
     assert metadata["ss_output_name"] == "cat" and metadata["modelspec.trigger_phrase"] == "zcat"
     assert "ss_network_dim" not in metadata
+
+
+def test_write_safetensors_is_read_back_exactly_by_safetensors_and_is_reproducible(tmp_path):
+    from safetensors import safe_open
+
+    from zlora_desktop.core.writer import write_safetensors
+
+    generator = torch.Generator().manual_seed(5)
+    tensors = {
+        "b.lora_B.weight": torch.randn(7, 3, generator=generator).to(torch.bfloat16),
+        "a.lora_A.weight": torch.randn(3, 5, generator=generator),
+        "a.alpha": torch.tensor(3.0),
+        "c.half": torch.randn(2, 2, generator=generator).to(torch.float16),
+        "d.empty": torch.zeros(0, 4),
+        "e.view": torch.randn(4, 6, generator=generator).T,  # not contiguous
+    }
+    metadata = {"zeta": "last", "alpha": "first", "ünïcode": "ok ✓"}
+    first, second = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    write_safetensors(tensors, metadata, str(first))
+    write_safetensors(dict(reversed(list(tensors.items()))), dict(reversed(list(metadata.items()))), str(second))
+    assert first.read_bytes() == second.read_bytes()
+    with safe_open(str(first), "pt") as handle:
+        assert handle.metadata() == metadata
+        assert sorted(handle.keys()) == sorted(tensors)
+        for name, tensor in tensors.items():
+            loaded = handle.get_tensor(name)
+            assert loaded.dtype == tensor.dtype and loaded.shape == tensor.shape
+            assert torch.equal(loaded, tensor), name

@@ -143,8 +143,8 @@ def format_report(report: dict) -> str:
              f"  components  {', '.join(report['components']) or '-'}"]
     if report["other_modules"]:
         lines.append(f"  other       {', '.join(report['other_modules'])}")
-    lines.append(f"  rank        " + ", ".join(f"{r} ×{n}" for r, n in report["ranks"].items()))
-    lines.append(f"  alpha       " + ", ".join(f"{a} ×{n}" for a, n in report["alphas"].items()))
+    lines.append("  rank        " + ", ".join(f"{r} ×{n}" for r, n in report["ranks"].items()))
+    lines.append("  alpha       " + ", ".join(f"{a} ×{n}" for a, n in report["alphas"].items()))
     for key, value in report["metadata"].items():
         value = ", ".join(value) if isinstance(value, list) else value
         lines.append(f"  {key.replace('_', ' '):<11} {value}")

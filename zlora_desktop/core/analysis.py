@@ -39,33 +39,60 @@ def strength_grid(norms: dict[str, float], weights=None) -> dict[str, dict[str, 
     return grid
 
 
-def block_cosines(first: LoraFile, second: LoraFile, device: str = "cpu",
-                  weights=(None, None)) -> dict[str, float]:
-    """Per block, cos(ΔW₁, ΔW₂) over the block's modules taken together (weights applied)."""
+# A module's overlap data: (⟨ΔW₁, ΔW₂⟩_F, ‖ΔW₁‖²_F, ‖ΔW₂‖²_F), alpha/rank scales included, weights not.
+Products = dict[str, tuple[float, float, float]]
+
+
+def module_inner_products(first: LoraFile, second: LoraFile, device: str = "cpu",
+                          progress: Callable[[int, int, str], None] | None = None) -> Products:
+    """Per module the two files share, the Frobenius inner product and squared norms of their ΔW.
+
+    Kept per module so that any weights and ratios can be applied later without reading again.
+    """
+    shared = [name for name in first.modules if name in second.modules]
+    products: Products = {}
+    for index, name in enumerate(shared):
+        if progress:
+            progress(index, len(shared), name)
+        a1, b1, s1 = first.load(name, device)
+        a2, b2, s2 = second.load(name, device)
+        cross = float(((b1.T @ b2) * (a1 @ a2.T)).sum()) * s1 * s2
+        norm1 = float(((b1.T @ b1) * (a1 @ a1.T)).sum()) * s1 * s1
+        norm2 = float(((b2.T @ b2) * (a2 @ a2.T)).sum()) * s2 * s2
+        products[name] = (cross, norm1, norm2)
+    return products
+
+
+def cosines_from_products(products: Products, first_factor: Callable[[str], float],
+                          second_factor: Callable[[str], float]) -> dict[str, float]:
+    """Per block, cos(c₁·ΔW₁, c₂·ΔW₂) over the block's modules taken together, c = a module's factor
+    (ratio × weight). Blocks where either side is all zero are left out."""
     inner: dict[str, float] = {}
     norm1: dict[str, float] = {}
     norm2: dict[str, float] = {}
-    for name in first.modules:
-        if name not in second.modules:
-            continue
+    for name, (cross, n1, n2) in products.items():
         split = model.split_module(name)
         block = split[0] if split else model.OTHER
-        a1, b1, s1 = first.load(name, device)
-        a2, b2, s2 = second.load(name, device)
-        w1 = weights[0].factor(name) if weights[0] is not None else 1.0
-        w2 = weights[1].factor(name) if weights[1] is not None else 1.0
-        c1, c2 = s1 * w1, s2 * w2
-        cross = float(((b1.T @ b2) * (a1 @ a2.T)).sum()) * c1 * c2
-        n1 = float(((b1.T @ b1) * (a1 @ a1.T)).sum()) * c1 * c1
-        n2 = float(((b2.T @ b2) * (a2 @ a2.T)).sum()) * c2 * c2
-        inner[block] = inner.get(block, 0.0) + cross
-        norm1[block] = norm1.get(block, 0.0) + n1
-        norm2[block] = norm2.get(block, 0.0) + n2
+        c1, c2 = first_factor(name), second_factor(name)
+        inner[block] = inner.get(block, 0.0) + cross * c1 * c2
+        norm1[block] = norm1.get(block, 0.0) + n1 * c1 * c1
+        norm2[block] = norm2.get(block, 0.0) + n2 * c2 * c2
     cosines = {}
     for block, value in inner.items():
         denominator = math.sqrt(max(norm1[block], 0.0) * max(norm2[block], 0.0))
-        cosines[block] = value / denominator if denominator > 0 else 0.0
+        if denominator > 0:
+            cosines[block] = max(-1.0, min(1.0, value / denominator))
     return cosines
+
+
+def block_cosines(first: LoraFile, second: LoraFile, device: str = "cpu",
+                  weights=(None, None)) -> dict[str, float]:
+    """Per block, cos(ΔW₁, ΔW₂) over the block's modules taken together (weights applied)."""
+    def factor(block_weights):
+        return (lambda name: 1.0) if block_weights is None else block_weights.factor
+
+    return cosines_from_products(module_inner_products(first, second, device),
+                                 factor(weights[0]), factor(weights[1]))
 
 
 def file_report(lora: LoraFile, norms: dict[str, float] | None = None) -> dict:

@@ -102,18 +102,51 @@ def _fuse_qkv(parts: dict[str, tuple]):
 
 
 def save_atomic(tensors: dict, metadata: dict[str, str], output: str) -> None:
-    """Write to a temporary file beside ``output``, then rename: never a partial file."""
-    from safetensors.torch import save_file
-
+    """Write a safetensors file to a temporary file beside ``output``, then rename: never a partial file."""
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise ZLoraError("output folder does not exist", output)
     tmp = os.path.join(folder, f".{os.path.basename(output)}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        write_safetensors(tensors, metadata, tmp)
         os.replace(tmp, output)
     except OSError as exc:
         raise ZLoraError(f"cannot write output ({exc.strerror or exc})", output) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+                       "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+                       "bool": "BOOL", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+
+
+def write_safetensors(tensors: dict, metadata: dict[str, str], path: str) -> None:
+    """The safetensors format, written tensor by tensor from each tensor's own memory.
+
+    Unlike ``safetensors.torch.save_file`` (which builds the file in one call holding the GIL),
+    each tensor's bytes go to ``file.write`` as a buffer, which releases the GIL during the
+    system call: a GUI thread stays responsive while a large output is written. Tensors are laid
+    out by name and the metadata sorted, so the same merge always gives the same bytes.
+    """
+    import torch
+
+    names = sorted(tensors)
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    offset = 0
+    for name in names:
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[str(tensor.dtype).removeprefix("torch.")],
+                        "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the format pads the header to 8 bytes with spaces
+    with open(path, "wb") as handle:
+        handle.write(len(encoded).to_bytes(8, "little"))
+        handle.write(encoded)
+        for name in names:
+            tensor = tensors[name].detach().to("cpu").contiguous()
+            if tensor.numel():
+                handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))

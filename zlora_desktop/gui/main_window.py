@@ -1,0 +1,510 @@
+"""The main window: LoRA list on top, the weight editor in the middle, impact view below, presets
+and output on the right (all docks, so the layout can be rearranged and is remembered).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+
+from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QUndoView,
+                               QWidget)
+
+from .. import __version__
+from ..core.errors import ZLoraError
+from ..core.presets import PresetStore
+from ..core.recipe import Recipe
+from . import jobs
+from .desktop import app_icon
+from .impact_view import ImpactView
+from .lora_panel import LoraPanel
+from .merge_worker import MergeController
+from .output_panel import OutputPanel
+from .preset_panel import PresetPanel
+from .session import Session
+from .settings import Settings, demo_folder
+from .tasks import TaskRunner
+from .weight_editor import WeightEditor
+from .compat import keep_singletons_alive
+
+log = logging.getLogger(__name__)
+
+keep_singletons_alive()  # before any widget exists (see compat.py)
+
+STATE_VERSION = 1
+LORA_SUFFIX = ".safetensors"
+
+
+class _ExposeWatcher(QObject):
+    """Tells the window when its native window was first exposed (painted on screen)."""
+
+    def __init__(self, window: "MainWindow"):
+        super().__init__(window)
+        self._window = window
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.Expose and watched.isExposed():
+            watched.removeEventFilter(self)
+            # The backing store is flushed while the expose event is handled; report right after.
+            QTimer.singleShot(0, self._window._on_first_exposed)
+        return False
+
+
+class MainWindow(QMainWindow):
+    shown = Signal()  # the window was first exposed and painted
+
+    def __init__(self, settings: Settings | None = None, store: PresetStore | None = None, parent=None):
+        super().__init__(parent)
+        self.settings = settings or Settings()
+        # app.main turns this on: confirmations (discard changes, quit during a merge) need a user;
+        # tests and scripts drive the window without them.
+        self.interactive = False
+        self.first_shown = False
+        self._startup_paths: list[str] = []
+        self._startup_demo = False
+        self._closing = False
+        self.tasks = TaskRunner(self)
+        self.session = Session(self.tasks, store if store is not None else PresetStore(), self)
+        self.merge_controller = MergeController(self)
+        self.devices: list[str] | None = None
+
+        self.setWindowTitle("ZLoRA Desktop")
+        self.setWindowIcon(app_icon())
+        self.setAcceptDrops(True)
+        self.setDockNestingEnabled(True)
+        self.setCorner(Qt.Corner.TopRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+
+        self.editor = WeightEditor(self.session)
+        self.setCentralWidget(self.editor)
+        self.lora_panel = LoraPanel(self.session)
+        self.impact = ImpactView(self.session)
+        self.presets = PresetPanel(self.session, lambda: self.settings.folder("presets"))
+        self.output = OutputPanel(self.session, self.merge_controller)
+        self.lora_dock = self._dock("LoRAs", "loras", self.lora_panel, Qt.DockWidgetArea.TopDockWidgetArea)
+        self.impact_dock = self._dock("Impact", "impact", self.impact, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.preset_dock = self._dock("Presets", "presets", self.presets, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.output_dock = self._dock("Output", "output", self.output, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.splitDockWidget(self.preset_dock, self.output_dock, Qt.Orientation.Vertical)
+        self.history = QUndoView(self.session.undo_stack)
+        self.history.setEmptyLabel("<opened>")
+        self.history_dock = self._dock("History", "history", self.history, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.tabifyDockWidget(self.output_dock, self.history_dock)
+        self.output_dock.raise_()
+        self.history_dock.hide()
+
+        self.device_label = QLabel("torch: not loaded")
+        self.device_label.setToolTip("torch is imported in the background after the window appears")
+        self.statusBar().addPermanentWidget(self.device_label)
+        self._build_menus()
+
+        self.impact.titleChanged.connect(self.impact_dock.setWindowTitle)
+        self.impact_dock.setWindowTitle(self.impact.title)
+        self.session.message.connect(self._show_message)
+        self.session.undo_stack.cleanChanged.connect(self._update_title)
+        self.session.recipePathChanged.connect(self._update_title)
+        self.session.model.rowsInserted.connect(self._suggest_output)
+        self.lora_panel.addFilesRequested.connect(self.ask_add_files)
+        self.lora_panel.addFolderRequested.connect(self.ask_add_folder)
+        self.output.browseRequested.connect(self.ask_output)
+        self.presets.folderUsed.connect(lambda folder: self.settings.set_folder("presets", folder))
+        self._restore_output_choices()
+        self._restore_layout()
+        self._update_title()
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)  # threads are stopped even without a closeEvent
+
+    def _dock(self, title: str, name: str, widget: QWidget, area) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"dock-{name}")
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
+                         | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+                         | QDockWidget.DockWidgetFeature.DockWidgetClosable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    # ---- menus ----------------------------------------------------------------------------------
+
+    def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        if tip:
+            action.setStatusTip(tip)
+        action.triggered.connect(slot)
+        return action
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        file_menu.addAction(self._action("&New", self.ask_new, QKeySequence.StandardKey.New,
+                                         "Start over with an empty list"))
+        file_menu.addAction(self._action("&Open recipe…", self.ask_open_recipe, QKeySequence.StandardKey.Open,
+                                         "Open a recipe JSON (the same file the zlora command reads)"))
+        self.recent_menu = file_menu.addMenu("Open &recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file_menu.addAction(self._action("&Save recipe", self.ask_save_recipe, QKeySequence.StandardKey.Save))
+        file_menu.addAction(self._action("Save recipe &as…", lambda: self.ask_save_recipe(choose=True),
+                                         QKeySequence.StandardKey.SaveAs))
+        file_menu.addSeparator()
+        file_menu.addAction(self._action("Add &LoRAs…", self.ask_add_files, "Ctrl+L"))
+        file_menu.addAction(self._action("Add &folder…", self.ask_add_folder, "Ctrl+Shift+L"))
+        file_menu.addAction(self._action("Choose o&utput…", self.ask_output))
+        self.merge_action = self._action("&Merge", self.output.start_merge, "Ctrl+M")
+        file_menu.addAction(self.merge_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
+
+        edit_menu = bar.addMenu("&Edit")
+        self.undo_action = self.session.undo_stack.createUndoAction(self, "&Undo")
+        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
+        self.redo_action = self.session.undo_stack.createRedoAction(self, "&Redo")
+        self.redo_action.setShortcuts([QKeySequence.StandardKey.Redo, QKeySequence("Ctrl+Y")])
+        edit_menu.addAction(self.undo_action)
+        edit_menu.addAction(self.redo_action)
+        edit_menu.addSeparator()
+        edit_menu.addAction(self._action("Reset the selected LoRA's weights", self.editor.reset_all))
+        edit_menu.addAction(self._action("Copy its weights to all LoRAs", self.editor.copy_to_all))
+
+        view_menu = bar.addMenu("&View")
+        for dock in (self.lora_dock, self.impact_dock, self.preset_dock, self.output_dock, self.history_dock):
+            view_menu.addAction(dock.toggleViewAction())
+        view_menu.addSeparator()
+        view_menu.addAction(self._action("Reset &layout", self.reset_layout))
+
+        help_menu = bar.addMenu("&Help")
+        help_menu.addAction(self._action("Load &demo LoRAs", self.load_demo,
+                                         tip="Generate small sample LoRAs and a recipe to try everything"))
+        help_menu.addAction(self._action("&About ZLoRA Desktop", self._about))
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        recent = self.settings.recent_recipes()
+        if not recent:
+            self.recent_menu.addAction("(none)").setEnabled(False)
+            return
+        for path in recent:
+            action = self.recent_menu.addAction(os.path.basename(path))
+            action.setToolTip(path)
+            action.setStatusTip(path)
+            action.triggered.connect(lambda _checked=False, p=path: self.ask_open_recipe(p))
+        self.recent_menu.addSeparator()
+        self.recent_menu.addAction("Clear list", lambda: self.settings.set_value("recent/recipes", []))
+
+    def _about(self) -> None:
+        QMessageBox.about(self, "About ZLoRA Desktop",
+                          f"<b>ZLoRA Desktop {__version__}</b><br>Shape and merge Z-Image Turbo LoRAs exactly: "
+                          "per-block, per-component weights, exact or SVD merges.<br>The same engine runs as the "
+                          "<code>zlora</code> command; recipes are shared.")
+
+    # ---- start-up ---------------------------------------------------------------------------------
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self.first_shown and self.windowHandle() is not None and not hasattr(self, "_expose_watcher"):
+            self._expose_watcher = _ExposeWatcher(self)
+            self.windowHandle().installEventFilter(self._expose_watcher)
+            # A window shown minimised or on a hidden desktop is never exposed: start anyway.
+            QTimer.singleShot(3000, self._on_first_exposed)
+
+    def _on_first_exposed(self) -> None:
+        if self.first_shown or self._closing:
+            return
+        self.first_shown = True
+        self.shown.emit()
+        # Only now: these import torch or read files, on workers, after the window is up.
+        self.tasks.start("devices", jobs.probe_devices, on_result=self._on_devices,
+                         on_failed=self._on_devices_failed)
+        self._load_startup_files()
+
+    def startup(self, paths: list[str] | None = None, demo: bool = False) -> None:
+        """What to load once the window is shown (command line files or --demo)."""
+        self._startup_paths = list(paths or [])
+        self._startup_demo = demo
+        if self.first_shown:
+            self._load_startup_files()
+
+    def _load_startup_files(self) -> None:
+        if self._startup_demo:
+            self.load_demo()
+        if self._startup_paths:
+            self.open_paths(self._startup_paths)
+
+    def _on_devices(self, payload) -> None:
+        available, auto, torch_version = payload
+        # torch and Qt are loaded: move their hundreds of thousands of long-lived objects out of
+        # the collector's reach. Otherwise a full collection, triggered by whichever thread
+        # allocates, walks them all holding the GIL and freezes the window for ~100 ms mid-merge.
+        gc.freeze()
+        self.devices = available
+        self.output.set_devices(available, auto)
+        self.device_label.setText(f"torch {torch_version.split('+')[0]} · merges on {auto.upper()}")
+
+    def _on_devices_failed(self, message: str) -> None:
+        self.output.device_probe_failed(message)
+        self.device_label.setText("torch not usable: merging is unavailable")
+        self.device_label.setToolTip(message)
+
+    # ---- files ------------------------------------------------------------------------------------
+
+    def open_paths(self, paths: list[str]) -> None:
+        """Command line or drop: one recipe (.json) opens; anything else is added as LoRAs."""
+        recipes = [p for p in paths if p.lower().endswith(".json")]
+        others = [p for p in paths if not p.lower().endswith(".json")]
+        if recipes and not others and len(recipes) == 1:
+            if self._confirm_discard():
+                self.open_recipe(recipes[0])
+            return
+        if recipes:
+            self._show_message("Recipes open on their own; drop one .json at a time")
+        if others:
+            self.session.add_paths(others)
+
+    def ask_add_files(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Add LoRAs", self.settings.folder("loras"),
+                                                "LoRA files (*.safetensors);;All files (*)")
+        if files:
+            self.settings.set_folder("loras", os.path.dirname(files[0]))
+            self.session.add_paths(files)
+
+    def ask_add_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add a folder of LoRAs", self.settings.folder("loras"))
+        if folder:
+            self.settings.set_folder("loras", folder)
+            self.session.add_paths([folder])
+
+    def ask_output(self) -> None:
+        current = self.session.output.output or os.path.join(self.settings.folder("output"), "merged.safetensors")
+        path, _ = QFileDialog.getSaveFileName(self, "Merged LoRA", current, "LoRA (*.safetensors)")
+        if path:
+            if not path.lower().endswith(LORA_SUFFIX):
+                path += LORA_SUFFIX
+            self.settings.set_folder("output", os.path.dirname(path))
+            self.session.set_output(output=os.path.abspath(path))
+
+    def _suggest_output(self, *args) -> None:
+        """With no output chosen yet, propose merged.safetensors beside the first input."""
+        if self.session.output.output or not self.session.model.rowCount():
+            return
+        first = self.session.model.entry_at(0)
+        self.session.set_output(output=os.path.join(os.path.dirname(first.path), "merged.safetensors"))
+
+    def _confirm_discard(self) -> bool:
+        if not self.interactive or self.session.undo_stack.isClean() or not self.session.model.rowCount():
+            return True
+        answer = QMessageBox.question(
+            self, "Unsaved changes", "The current list has changes that are not saved in a recipe. Discard them?",
+            QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Discard
+
+    def ask_new(self) -> None:
+        if self._confirm_discard():
+            self.session.new_document()
+
+    def ask_open_recipe(self, path: str | None = None) -> None:
+        if not self._confirm_discard():
+            return
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(self, "Open recipe", self.settings.folder("recipes"),
+                                                  "Recipes (*.json);;All files (*)")
+            if not path:
+                return
+        self.open_recipe(path)
+
+    def open_recipe(self, path: str) -> bool:
+        try:
+            recipe = Recipe.load(path)
+        except ZLoraError as exc:
+            QMessageBox.warning(self, "Recipe not opened", str(exc))
+            if not os.path.exists(path):
+                self.settings.remove_recent_recipe(path)
+            return False
+        problems = self.session.load_recipe(recipe, os.path.abspath(path))
+        self.settings.add_recent_recipe(path)
+        self.settings.set_folder("recipes", os.path.dirname(os.path.abspath(path)))
+        self._show_message(f"Opened {path}" + (f" ({len(problems)} problems)" if problems else ""))
+        return True
+
+    def ask_save_recipe(self, choose: bool = False) -> bool:
+        path = self.session.recipe_path
+        if choose or not path:
+            suggestion = path or os.path.join(self.settings.folder("recipes"), "recipe.json")
+            path, _ = QFileDialog.getSaveFileName(self, "Save recipe", suggestion, "Recipes (*.json)")
+            if not path:
+                return False
+            if not path.lower().endswith(".json"):
+                path += ".json"
+        return self.save_recipe(path)
+
+    def save_recipe(self, path: str) -> bool:
+        try:
+            self.session.save_recipe(path)
+        except (ZLoraError, OSError) as exc:
+            QMessageBox.warning(self, "Recipe not saved", str(exc))
+            return False
+        self.settings.add_recent_recipe(path)
+        self.settings.set_folder("recipes", os.path.dirname(os.path.abspath(path)))
+        self._show_message(f"Saved {path}")
+        return True
+
+    def load_demo(self) -> None:
+        """Write the sample LoRAs and their recipe (on a worker), then open it."""
+        if not self._confirm_discard():
+            return
+        self._show_message("Writing the demo LoRAs…")
+        self.tasks.start("demo", jobs.write_demo, demo_folder(), on_result=self._on_demo_written,
+                         on_failed=self._on_demo_failed)
+
+    def _on_demo_written(self, recipe_path: str) -> None:
+        self.open_recipe(recipe_path)
+        self.session.recipe_path = ""  # the demo is a starting point, not the user's file
+        self._update_title()
+        self._show_message("Demo loaded: three small synthetic LoRAs (not full-size Z-Image Turbo)")
+
+    def _on_demo_failed(self, message: str) -> None:
+        QMessageBox.warning(self, "Demo not loaded", message)
+
+    # ---- drag and drop ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _local_paths(mime) -> list[str]:
+        if not mime.hasUrls():
+            return []
+        return [url.toLocalFile() for url in mime.urls() if url.isLocalFile() and url.toLocalFile()]
+
+    def dragEnterEvent(self, event) -> None:
+        if self._local_paths(event.mimeData()):
+            event.acceptProposedAction()
+            self.lora_panel.view.set_drop_hover(True)
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event) -> None:
+        if self._local_paths(event.mimeData()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragLeaveEvent(self, event) -> None:
+        self.lora_panel.view.set_drop_hover(False)
+        super().dragLeaveEvent(event)
+
+    def dropEvent(self, event) -> None:
+        self.lora_panel.view.set_drop_hover(False)
+        paths = self._local_paths(event.mimeData())
+        if not paths:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self.settings.set_folder("loras", os.path.dirname(paths[0]))
+        self.open_paths(paths)
+
+    # ---- title, messages, layout ----------------------------------------------------------------
+
+    def _update_title(self, *args) -> None:
+        name = os.path.basename(self.session.recipe_path) if self.session.recipe_path else "untitled"
+        self.setWindowTitle(f"{name}[*] — ZLoRA Desktop")
+        self.setWindowModified(not self.session.undo_stack.isClean())
+
+    def _show_message(self, text: str) -> None:
+        self.statusBar().showMessage(text, 10000)
+
+    def reset_layout(self) -> None:
+        for dock, area in ((self.lora_dock, Qt.DockWidgetArea.TopDockWidgetArea),
+                           (self.impact_dock, Qt.DockWidgetArea.BottomDockWidgetArea),
+                           (self.preset_dock, Qt.DockWidgetArea.RightDockWidgetArea),
+                           (self.output_dock, Qt.DockWidgetArea.RightDockWidgetArea)):
+            dock.setFloating(False)
+            self.addDockWidget(area, dock)
+            dock.show()
+        self.splitDockWidget(self.preset_dock, self.output_dock, Qt.Orientation.Vertical)
+        self.tabifyDockWidget(self.output_dock, self.history_dock)
+        self.output_dock.raise_()
+        self.history_dock.hide()
+        self._default_sizes()
+
+    def _default_sizes(self) -> None:
+        # Shares of the window, so that a small screen (or 125 % scaling) keeps every panel usable.
+        line = self.fontMetrics().height()
+        height = self.height()
+        self.resizeDocks([self.preset_dock], [line * 22], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.lora_dock, self.impact_dock], [max(line * 6, round(height * 0.19)),
+                                                             max(line * 10, round(height * 0.37))],
+                         Qt.Orientation.Vertical)
+        self.resizeDocks([self.preset_dock, self.output_dock], [round(height * 0.45), round(height * 0.55)],
+                         Qt.Orientation.Vertical)
+
+    def _restore_layout(self) -> None:
+        geometry = self.settings.value("window/geometry")
+        state = self.settings.value("window/state")
+        if isinstance(geometry, QByteArray) and self.restoreGeometry(geometry):
+            if isinstance(state, QByteArray) and self.restoreState(state, STATE_VERSION):
+                return
+        else:
+            screen = QApplication.primaryScreen()
+            available = screen.availableGeometry() if screen is not None else None
+            width, height = 1280, 800
+            if available is not None:
+                width, height = min(width, available.width()), min(height, available.height())
+            self.resize(width, height)
+        self._default_sizes()
+
+    def _save_layout(self) -> None:
+        self.settings.set_value("window/geometry", self.saveGeometry())
+        self.settings.set_value("window/state", self.saveState(STATE_VERSION))
+
+    def _restore_output_choices(self) -> None:
+        """Format, method, dtype and device the user picked last time (the path is per recipe)."""
+        changes = {}
+        for key in ("format", "method", "dtype", "device"):
+            value = self.settings.value(f"output/{key}")
+            if value:
+                changes[key] = str(value)
+        for key, cast in (("rank", int), ("energy", float)):
+            value = self.settings.value(f"output/{key}")
+            if value not in (None, ""):
+                try:
+                    changes[key] = cast(value)
+                except (TypeError, ValueError):
+                    pass
+        value = self.settings.value("output/rank_auto")
+        if value is not None:
+            changes["rank_auto"] = str(value).lower() in ("true", "1")
+        if changes:
+            self.session.set_output(**changes)
+
+    def _save_output_choices(self) -> None:
+        out = self.session.output
+        for key in ("format", "method", "dtype", "device", "rank", "energy", "rank_auto"):
+            self.settings.set_value(f"output/{key}", getattr(out, key))
+
+    # ---- closing ----------------------------------------------------------------------------------
+
+    def closeEvent(self, event) -> None:
+        if self.interactive:
+            if self.merge_controller.busy:
+                answer = QMessageBox.question(self, "Merge running", "A merge is running. Cancel it and quit?")
+                if answer != QMessageBox.StandardButton.Yes:
+                    event.ignore()
+                    return
+            elif not self._confirm_discard():
+                event.ignore()
+                return
+        self._save_layout()
+        self._save_output_choices()
+        self.settings.sync()
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop the merge (between modules) and the background jobs; wait for their threads."""
+        if self._closing:
+            return
+        self._closing = True
+        self.merge_controller.shutdown()
+        self.session.shutdown()

@@ -1,0 +1,352 @@
+"""Output panel: where and how to write the merge, the Merge/Cancel buttons, progress and a log."""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import time
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
+                               QWidget)
+
+from ..core.errors import ZLoraError
+from .desktop import reveal_in_folder
+from .entries import human_size
+
+log = logging.getLogger(__name__)
+
+FORMATS = (("aitoolkit", "AI-Toolkit (lora_A/B)"), ("kohya", "kohya / musubi"),
+           ("comfyui", "ComfyUI (fused qkv)"), ("diffusers", "diffusers / PEFT"))
+METHODS = (("exact", "Exact (ranks concatenated)"), ("svd", "SVD (compressed)"))
+DTYPES = (("auto", "Auto (as the inputs)"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp32", "fp32"))
+DEVICES = (("auto", "Auto"), ("cuda", "CUDA"), ("mps", "MPS (Apple)"), ("cpu", "CPU"))
+
+
+def _combo(items) -> QComboBox:
+    combo = QComboBox()
+    for data, label in items:
+        combo.addItem(label, data)
+    return combo
+
+
+def _select(combo: QComboBox, data) -> None:
+    index = combo.findData(data)
+    if index >= 0:
+        combo.blockSignals(True)
+        combo.setCurrentIndex(index)
+        combo.blockSignals(False)
+
+
+class OutputPanel(QWidget):
+    browseRequested = Signal()
+    mergeFinished = Signal(str)  # "ok" | "failed" | "cancelled"
+
+    def __init__(self, session, controller, parent=None):
+        super().__init__(parent)
+        self.session = session
+        self.controller = controller
+        self.last_report = None
+        self.last_outcome = ""
+        self._started_at = 0.0
+
+        self.path = QLineEdit()
+        self.path.setPlaceholderText("output .safetensors")
+        self.path.setToolTip("Where the merged LoRA is written (never one of the inputs)")
+        self.path.editingFinished.connect(self._on_path_edited)
+        browse = QToolButton()
+        browse.setText("…")
+        browse.setToolTip("Choose the output file")
+        browse.clicked.connect(self.browseRequested)
+        path_row = QHBoxLayout()
+        path_row.setContentsMargins(0, 0, 0, 0)
+        path_row.addWidget(self.path, 1)
+        path_row.addWidget(browse)
+        self.path_note = QLabel()
+        self.path_note.setWordWrap(True)
+        self.path_note.hide()
+
+        self.format = _combo(FORMATS)
+        self.format.setToolTip("Key layout of the output file; every loader reads its alpha as 1")
+        self.method = _combo(METHODS)
+        self.method.setToolTip("Exact keeps every term (ranks add up); SVD compresses the exact sum, "
+                               "computed from the factors, to a rank or to an energy fraction")
+        self.rank = QSpinBox()
+        self.rank.setRange(1, 4096)
+        self.rank.setToolTip("Rank of the SVD output")
+        self.rank_auto = QCheckBox("auto")
+        self.rank_auto.setToolTip("Pick each module's rank by the energy kept")
+        self.energy = QDoubleSpinBox()
+        self.energy.setRange(0.5, 1.0)
+        self.energy.setDecimals(4)
+        self.energy.setSingleStep(0.001)
+        self.energy.setToolTip("Fraction of each module's energy (Σσ²) the SVD keeps")
+        rank_row = QHBoxLayout()
+        rank_row.setContentsMargins(0, 0, 0, 0)
+        rank_row.addWidget(self.rank)
+        rank_row.addWidget(self.rank_auto)
+        self.energy_label = QLabel("energy")
+        rank_row.addWidget(self.energy_label)
+        rank_row.addWidget(self.energy)
+        rank_row.addStretch(1)
+        self.rank_row = QWidget()
+        self.rank_row.setLayout(rank_row)
+        self.dtype = _combo(DTYPES)
+        self.dtype.setToolTip("Precision of the output; auto follows the inputs (fp32 when they differ)")
+        self.device = _combo(DEVICES)
+        self.device.setToolTip("Where the arithmetic runs; auto picks CUDA, then MPS, then the CPU")
+        self.device_note = QLabel("checking…")
+        self.device_note.setToolTip("Devices torch can use on this machine")
+        device_row = QHBoxLayout()
+        device_row.setContentsMargins(0, 0, 0, 0)
+        device_row.addWidget(self.device, 1)
+        device_row.addWidget(self.device_note)
+        precision_row = QHBoxLayout()
+        precision_row.setContentsMargins(0, 0, 0, 0)
+        precision_row.addWidget(self.dtype, 1)
+
+        self.merge_button = QPushButton("Merge")
+        self.merge_button.setDefault(True)
+        self.merge_button.setToolTip("Write the merged LoRA (Ctrl+M)")
+        font = self.merge_button.font()
+        font.setBold(True)
+        self.merge_button.setFont(font)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop between two modules; nothing is written")
+        self.cancel_button.setEnabled(False)
+        self.merge_button.clicked.connect(self.start_merge)
+        self.cancel_button.clicked.connect(self.cancel_merge)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("idle")
+        self.result = QLabel()
+        self.result.setWordWrap(True)
+        self.result.setTextFormat(Qt.TextFormat.RichText)
+        self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.show_button = QPushButton("Show in folder")
+        self.show_button.setEnabled(False)
+        self.show_button.clicked.connect(self._show_in_folder)
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(2000)
+        self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)  # one line per event, like a terminal
+        self.log_view.setPlaceholderText("Merge log")
+        self.log_view.setMinimumHeight(self.fontMetrics().height() * 3)
+
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        form.setVerticalSpacing(3)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("Output:", path_row)
+        form.addRow("", self.path_note)
+        form.addRow("Format:", self.format)
+        form.addRow("Method:", self.method)
+        form.addRow("Rank:", self.rank_row)
+        form.addRow("Precision:", precision_row)
+        form.addRow("Device:", device_row)
+        actions = QHBoxLayout()
+        actions.setContentsMargins(0, 0, 0, 0)
+        actions.addWidget(self.merge_button, 2)
+        actions.addWidget(self.cancel_button, 1)
+        result_row = QHBoxLayout()
+        result_row.setContentsMargins(0, 0, 0, 0)
+        result_row.addWidget(self.result, 1)
+        result_row.addWidget(self.show_button, 0, Qt.AlignmentFlag.AlignTop)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 2, 6, 4)
+        layout.setSpacing(4)
+        layout.addLayout(form)
+        layout.addLayout(actions)
+        layout.addWidget(self.progress)
+        layout.addLayout(result_row)
+        layout.addWidget(self.log_view, 1)
+
+        for combo, key in ((self.format, "format"), (self.method, "method"), (self.dtype, "dtype"),
+                           (self.device, "device")):
+            combo.currentIndexChanged.connect(
+                lambda _i, c=combo, k=key: self.session.set_output(**{k: c.currentData()}))
+        self.rank.valueChanged.connect(lambda v: self.session.set_output(rank=int(v)))
+        self.rank_auto.toggled.connect(lambda on: self.session.set_output(rank_auto=bool(on)))
+        self.energy.valueChanged.connect(lambda v: self.session.set_output(energy=float(v)))
+        session.outputChanged.connect(self.show_settings)
+        session.model.rowsInserted.connect(self._update_state)
+        session.model.rowsRemoved.connect(self._update_state)
+        session.model.modelReset.connect(self._update_state)
+        session.model.entryChanged.connect(self._update_state)
+        controller.started.connect(self._on_started)
+        controller.progress.connect(self._on_progress)
+        controller.succeeded.connect(self._on_succeeded)
+        controller.failed.connect(self._on_failed)
+        controller.cancelled.connect(self._on_cancelled)
+        controller.busyChanged.connect(self._update_state)
+        self.show_settings()
+
+    def sizeHint(self) -> QSize:
+        return QSize(self.fontMetrics().horizontalAdvance("M") * 30, self.fontMetrics().height() * 22)
+
+    # ---- settings ------------------------------------------------------------------------------
+
+    def show_settings(self) -> None:
+        out = self.session.output
+        if self.path.text() != out.output:
+            self.path.setText(out.output)
+        _select(self.format, out.format)
+        _select(self.method, out.method)
+        _select(self.dtype, out.dtype)
+        _select(self.device, out.device)
+        for widget, value in ((self.rank, out.rank), (self.rank_auto, out.rank_auto), (self.energy, out.energy)):
+            widget.blockSignals(True)
+            widget.setChecked(value) if isinstance(widget, QCheckBox) else widget.setValue(value)
+            widget.blockSignals(False)
+        svd = out.method == "svd"
+        self.rank_row.setEnabled(svd)
+        self.rank.setEnabled(svd and not out.rank_auto)
+        self.energy.setVisible(out.rank_auto)
+        self.energy_label.setVisible(out.rank_auto)
+        self._update_state()
+
+    def _on_path_edited(self) -> None:
+        text = self.path.text().strip()
+        if text and not text.lower().endswith(".safetensors"):
+            text += ".safetensors"
+        self.session.set_output(output=os.path.abspath(os.path.expanduser(text)) if text else "")
+
+    def set_devices(self, available: list[str], auto: str) -> None:
+        for index in range(self.device.count()):
+            data = self.device.itemData(index)
+            item = self.device.model().item(index)
+            label = dict(DEVICES)[data]
+            if data == "auto":
+                item.setText(f"Auto ({auto.upper() if auto != 'mps' else 'MPS'})")
+            elif data not in available:
+                item.setText(f"{label} — not available")
+                item.setEnabled(False)
+            else:
+                item.setText(label)
+                item.setEnabled(True)
+        self.device_note.setText("available: " + ", ".join(d.upper() if d != "mps" else "MPS" for d in available))
+
+    def device_probe_failed(self, message: str) -> None:
+        self.device_note.setText("torch not usable")
+        self.device_note.setToolTip(message)
+
+    def _update_state(self, *args) -> None:
+        busy = self.controller.busy
+        clash = self.session.output_clash()
+        output = self.session.output.output
+        if clash:
+            self.path_note.setText(f"<span style='color:#c62828'>Not allowed: {html.escape(clash)}</span>")
+            self.path_note.show()
+        else:
+            self.path_note.hide()
+        usable = any(e.merged for e in self.session.model.entries)
+        self.merge_button.setEnabled(not busy and usable and bool(output) and not clash)
+        self.cancel_button.setEnabled(busy and not self.controller.cancelling)
+        for widget in (self.format, self.method, self.rank_row, self.dtype, self.device, self.path):
+            widget.setEnabled(not busy and (widget is not self.rank_row or self.session.output.method == "svd"))
+
+    # ---- merging ---------------------------------------------------------------------------------
+
+    def log(self, text: str, error: bool = False) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        self.log_view.appendPlainText(f"{stamp}  {'error: ' if error else ''}{text}")
+        # Newest line in view, scrolled to its start (long lines run off to the right).
+        self.log_view.verticalScrollBar().setValue(self.log_view.verticalScrollBar().maximum())
+        self.log_view.horizontalScrollBar().setValue(0)
+        (log.warning if error else log.info)("%s", text)
+
+    def start_merge(self) -> bool:
+        """Start the merge of the current document; False (and the reason in the log) when refused."""
+        if self.controller.busy:
+            self.log("a merge is already running; wait for it or cancel it", error=True)
+            return False
+        try:
+            recipe = self.session.merge_recipe()
+        except ZLoraError as exc:
+            self.log(f"cannot merge: {exc}", error=True)
+            self._set_result(f"<span style='color:#c62828'>Cannot merge: {html.escape(str(exc))}</span>")
+            return False
+        for entry in self.session.duplicates():
+            if entry.merged:
+                self.log(f"note: {entry.name} has the same content as {entry.duplicate_of}; both are merged")
+        return self.controller.start(recipe, presets=self.session.store)
+
+    def cancel_merge(self) -> None:
+        if self.controller.busy:
+            self.controller.cancel()
+            self.progress.setFormat("cancelling…")
+            self.log("cancelling: the merge stops before the next module")
+            self._update_state()
+
+    def _on_started(self, recipe) -> None:
+        self._started_at = time.perf_counter()
+        self.last_report = None
+        self.last_outcome = "running"
+        count = len(recipe.inputs)
+        rank = f", rank {recipe.rank}" if recipe.method == "svd" else ""
+        self.log(f"merging {count} LoRA{'s' if count != 1 else ''} → {recipe.output} "
+                 f"({recipe.method}{rank}, {recipe.format}, dtype {recipe.dtype}, device {recipe.device})")
+        self.progress.setRange(0, 0)  # busy until the first module
+        self.progress.setFormat("opening inputs…")
+        self.show_button.setEnabled(False)
+        self._set_result("Merging…")
+
+    def _on_progress(self, done: int, total: int, module: str) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        self.progress.setFormat(f"{done}/{total}  {module}")
+
+    def _on_succeeded(self, report) -> None:
+        self.last_report = report
+        self.last_outcome = "ok"
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.progress.setFormat("done")
+        for line in report.summary().splitlines():
+            self.log(line)
+        text = (f"<b>Wrote {html.escape(os.path.basename(report.output))}</b>: {human_size(report.output_bytes)}, "
+                f"{len(report.modules)} modules, {report.dtype}, on {report.device.upper()}, {report.seconds:.1f} s")
+        if report.method == "svd" and report.modules:
+            worst = report.worst
+            lowest = min(s.kept_energy for s in report.modules)
+            ranks = sorted({s.rank_out for s in report.modules})
+            rank_text = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}–{ranks[-1]}"
+            text += (f"<br>SVD fidelity: ranks {rank_text}, lowest kept energy {lowest:.3%}, worst module "
+                     f"{html.escape(worst.module)} (relative error {worst.rel_error:.2e})")
+        if report.dropped:
+            text += f"<br>{len(report.dropped)} modules at weight 0 left out"
+        self._set_result(text)
+        self.show_button.setEnabled(True)
+        self.session.message.emit(f"Wrote {report.output}")
+        self.mergeFinished.emit("ok")
+
+    def _on_failed(self, message: str) -> None:
+        self.last_outcome = "failed"
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("failed")
+        self.log(message, error=True)
+        self._set_result(f"<span style='color:#c62828'>Merge failed: {html.escape(message)}</span>")
+        self.session.message.emit(f"Merge failed: {message}")
+        self.mergeFinished.emit("failed")
+
+    def _on_cancelled(self) -> None:
+        self.last_outcome = "cancelled"
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("cancelled")
+        self.log("cancelled; nothing was written")
+        self._set_result("Cancelled — nothing was written.")
+        self.session.message.emit("Merge cancelled; nothing was written")
+        self.mergeFinished.emit("cancelled")
+
+    def _set_result(self, text: str) -> None:
+        self.result.setText(text)
+
+    def _show_in_folder(self) -> None:
+        if self.last_report is not None:
+            reveal_in_folder(self.last_report.output)
