@@ -262,3 +262,17 @@ def test_merge_result_is_right_through_the_cli(capsys, samples, tmp_path):
     assert set(got) == {f"layers.{i}.feed_forward.w{j}" for i in (0, 1) for j in (1, 2, 3)}
     down, up, scale = truth["layers.1.feed_forward.w2"]
     assert relative_error(got["layers.1.feed_forward.w2"], 0.5 * 2 * scale * (up @ down)) < 1e-6
+
+
+def test_kohya_output_warns_that_comfyui_skips_its_attention_unless_attention_is_off(tmp_path, capsys, samples):
+    a, _ = samples
+    out = tmp_path / "k.safetensors"
+    code, text, _ = run_cli(capsys, "merge", a, "--ratio", "1", "--format", "kohya", "-o", out)
+    assert code == 0
+    assert "warning: format kohya: ComfyUI does not load the split attention keys" in text
+    # With q, k and v at weight 0 nothing is lost in ComfyUI: no warning.
+    code, text, _ = run_cli(capsys, "merge", a, "--ratio", "1", "--format", "kohya", "--weights", "qkv=0",
+                            "-o", tmp_path / "k2.safetensors")
+    assert code == 0 and "ComfyUI" not in text
+    code, text, _ = run_cli(capsys, "merge", a, "--ratio", "1", "--format", "comfyui", "-o", tmp_path / "c.safetensors")
+    assert code == 0 and "ComfyUI" not in text

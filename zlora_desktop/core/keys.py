@@ -158,6 +158,14 @@ def describe_layout(prefix: str, suffix: str, fused: bool, has_alpha: bool) -> s
 
 OUTPUT_FORMATS = ("aitoolkit", "kohya", "comfyui", "diffusers")
 
+# What a loader silently skips in a format (ARCHITECTURE.md section 3), told to the user when it applies:
+# format -> (components the loader misses, the warning).
+FORMAT_CAVEATS = {
+    "kohya": (("q", "k", "v"), "ComfyUI does not load the split attention keys of the kohya format "
+              "(its Z-Image model has fused qkv): q, k and v would be ignored there. "
+              "For ComfyUI write 'comfyui' or 'aitoolkit'."),
+}
+
 
 def kohya_name(module: str) -> str:
     """Canonical module -> musubi-tuner/kohya key stem (``lora_unet_layers_0_attention_to_q``)."""

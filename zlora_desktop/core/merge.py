@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import model
+from . import keys, model
 from .errors import CancelledError, ZLoraError
 from .lora_file import LoraFile
 from .recipe import Recipe
@@ -199,6 +199,9 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
             raise CancelledError()
         if not out_modules:
             raise ZLoraError("every module has weight 0: nothing to write")
+        caveat = keys.FORMAT_CAVEATS.get(recipe.format)
+        if caveat and any((model.split_module(m) or (None, None))[1] in caveat[0] for m in out_modules):
+            report.warnings.append(f"format {recipe.format}: {caveat[1]}")
         if progress:
             progress(len(names), len(names), "writing")
         tensors, metadata = build_state_dict(out_modules, recipe.format, dtype)
