@@ -46,17 +46,9 @@ def relative_error(actual, expected) -> float:
 
 def written_deltas(path) -> dict:
     """Every module's ΔW of a written file, through the engine's reader (float64)."""
-    from zlora_desktop.core.lora_file import LoraFile
+    from zlora_desktop.core.analysis import dense_deltas
 
-    lora = LoraFile.open(path)
-    try:
-        out = {}
-        for name in lora.modules:
-            down, up, scale = lora.load(name)
-            out[name] = scale * (up.double() @ down.double())
-        return out
-    finally:
-        lora.close()
+    return dense_deltas(path)
 
 
 ALL_BLOCK_MODULES = model.all_block_modules()

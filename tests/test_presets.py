@@ -96,3 +96,12 @@ def test_import_errors_name_the_file(tmp_path):
     bad.write_text('{"presets": [{"name": "x", "weights": "q=zz"}]}', encoding="utf-8")
     with pytest.raises(ZLoraError, match="bad.json"):
         PresetStore(tmp_path / "d").import_file(bad)
+
+
+def test_lbw_export_names_the_preset_it_cannot_hold_and_writes_nothing(tmp_path):
+    store = PresetStore()
+    store.save("no-embedders", "other=0")
+    out = tmp_path / "out.txt"
+    with pytest.raises(ZLoraError, match="preset 'no-embedders': 'other' modules are weighted 0"):
+        store.export(["no-embedders"], out, lbw=True)
+    assert not out.exists()

@@ -123,3 +123,5 @@ def test_lbw_refuses_what_it_cannot_hold():
         BlockWeights.parse("L03.q=0").to_lbw()
     with pytest.raises(ZLoraError, match="refiner blocks are weighted"):
         BlockWeights.parse("NR=0").to_lbw(30)
+    with pytest.raises(ZLoraError, match="'other' modules"):
+        BlockWeights.parse("other=0").to_lbw()

@@ -168,6 +168,7 @@ def _check_merges(workdir: Path, device_name: str) -> str:
 
 
 def _run_case(workdir: Path, case, inputs, presets, reference, device_name: str, threads: int) -> str:
+    from .core.analysis import dense_deltas
     from .core.merge import merge
     from .core.recipe import Recipe
 
@@ -177,7 +178,7 @@ def _run_case(workdir: Path, case, inputs, presets, reference, device_name: str,
                     dtype=dtype, device=device_name)
     t1 = time.perf_counter()
     report = merge(recipe, presets=presets)
-    written = _read_deltas(out)
+    written = dense_deltas(out)
     if set(written) != set(reference):
         missing = sorted(set(reference) - set(written))[:3]
         extra = sorted(set(written) - set(reference))[:3]
@@ -216,20 +217,6 @@ def _reference(truths, ratios, weights) -> dict:
             delta = factor * scale * (up @ down)
             total[name] = delta if name not in total else total[name] + delta
     return total
-
-
-def _read_deltas(path: Path) -> dict:
-    from .core.lora_file import LoraFile
-
-    lora = LoraFile.open(path)
-    try:
-        out = {}
-        for name in lora.modules:
-            down, up, scale = lora.load(name)
-            out[name] = scale * (up.double() @ down.double())
-        return out
-    finally:
-        lora.close()
 
 
 def _relative_error(actual, expected) -> float:

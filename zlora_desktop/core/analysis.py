@@ -28,6 +28,20 @@ def module_norms(lora: LoraFile, device: str = "cpu",
     return norms
 
 
+def dense_deltas(path) -> dict:
+    """Every module's ΔW = scale·B·A of a file, formed in float64: for checking results (the
+    self-test, the tests), never for merging, which works on the factors."""
+    lora = LoraFile.open(path)
+    try:
+        deltas = {}
+        for name in lora.modules:
+            down, up, scale = lora.load(name)
+            deltas[name] = scale * (up.double() @ down.double())
+        return deltas
+    finally:
+        lora.close()
+
+
 def strength_grid(norms: dict[str, float], weights=None) -> dict[str, dict[str, float]]:
     """{block: {component: norm}} (times |weight| when weights are given), plus "other"."""
     grid: dict[str, dict[str, float]] = {}

@@ -126,7 +126,13 @@ class PresetStore:
     def export(self, names: list[str], path: str | os.PathLike, lbw: bool = False) -> None:
         presets = [self.get(n) for n in names]
         if lbw:
-            text = "\n".join(format_lbw_line(p.name, p.block_weights()) for p in presets) + "\n"
+            lines = []
+            for preset in presets:
+                try:
+                    lines.append(format_lbw_line(preset.name, preset.block_weights()))
+                except ZLoraError as exc:
+                    raise ZLoraError(f"preset {preset.name!r}: {exc.message}", path) from None
+            text = "\n".join(lines) + "\n"
         else:
             text = json.dumps({"presets": [p.to_json() for p in presets]}, indent=2) + "\n"
         atomic_write_text(Path(path), text)

@@ -141,7 +141,9 @@ class BlockWeights:
         if size == 30 and any(self.cells[(b, c)] != 1.0 for b in model.REFINER_BLOCKS for c in model.COMPONENTS
                               if not _absent(b, c)):
             raise ZLoraError("refiner blocks are weighted; use the 34-value LBW form")
-        # The value for "other" modules (embedders, final layer) is not part of an LBW vector.
+        if self.other != 1.0:  # embedders and final layer: an LBW vector has no place for them
+            raise ZLoraError(f"'other' modules are weighted {format_value(self.other)}; an LBW vector "
+                             "cannot hold that (export as JSON instead)")
         return values
 
 
