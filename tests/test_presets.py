@@ -98,10 +98,14 @@ def test_import_errors_name_the_file(tmp_path):
         PresetStore(tmp_path / "d").import_file(bad)
 
 
-def test_lbw_export_names_the_preset_it_cannot_hold_and_writes_nothing(tmp_path):
+def test_lbw_export_says_what_it_leaves_out_and_refuses_what_it_cannot_hold(tmp_path):
     store = PresetStore()
-    store.save("no-embedders", "other=0")
     out = tmp_path / "out.txt"
-    with pytest.raises(ZLoraError, match="preset 'no-embedders': 'other' modules are weighted 0"):
-        store.export(["no-embedders"], out, lbw=True)
-    assert not out.exists()
+    notes = store.export(["layers-early", "refiners-off"], out, lbw=True)
+    assert notes == ["layers-early: 'other' modules (embedders, final layer) weighted 0 are not part of an "
+                     "LBW vector: a loader applies them at full strength"]
+    assert out.read_text().splitlines()[0] == "layers-early:0,0,0,0," + ",".join(["1"] * 9 + ["0"] * 21)
+    store.save("q-only", "q=0")
+    with pytest.raises(ZLoraError, match="preset 'q-only': block NR0 has different weights per component"):
+        store.export(["q-only"], tmp_path / "bad.txt", lbw=True)
+    assert not (tmp_path / "bad.txt").exists()

@@ -123,5 +123,5 @@ def test_lbw_refuses_what_it_cannot_hold():
         BlockWeights.parse("L03.q=0").to_lbw()
     with pytest.raises(ZLoraError, match="refiner blocks are weighted"):
         BlockWeights.parse("NR=0").to_lbw(30)
-    with pytest.raises(ZLoraError, match="'other' modules"):
-        BlockWeights.parse("other=0").to_lbw()
+    assert BlockWeights.parse("L03=0").lbw_left_out() is None
+    assert "'other' modules (embedders, final layer) weighted 0" in BlockWeights.parse("other=0").lbw_left_out()

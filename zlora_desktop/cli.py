@@ -288,6 +288,8 @@ def cmd_presets(args) -> int:
         preset = store.get(args.name)
         if args.lbw:
             print(format_lbw_line(preset.name, preset.block_weights()))
+            if preset.block_weights().lbw_left_out():
+                print(f"zlora: note: {preset.block_weights().lbw_left_out()}", file=sys.stderr)
         else:
             print(f"{preset.name}: {preset.description}\n  weights: {preset.weights}")
             print(grid_table(preset.block_weights()))
@@ -295,7 +297,8 @@ def cmd_presets(args) -> int:
         imported = store.import_file(args.file)
         print(f"imported {len(imported)} presets into {store.user_file}: " + ", ".join(p.name for p in imported))
     elif args.action == "export":
-        store.export(args.names, args.output, lbw=args.lbw)
+        for note in store.export(args.names, args.output, lbw=args.lbw):
+            print(f"zlora: note: {note}", file=sys.stderr)
         print(f"wrote {len(args.names)} presets to {args.output}")
     return EXIT_OK
 

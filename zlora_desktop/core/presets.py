@@ -123,19 +123,25 @@ class PresetStore:
         self._write()
         return entries
 
-    def export(self, names: list[str], path: str | os.PathLike, lbw: bool = False) -> None:
+    def export(self, names: list[str], path: str | os.PathLike, lbw: bool = False) -> list[str]:
+        """Write the presets as JSON or LBW lines; return notes on what LBW lines left out."""
         presets = [self.get(n) for n in names]
+        notes = []
         if lbw:
             lines = []
             for preset in presets:
+                weights = preset.block_weights()
                 try:
-                    lines.append(format_lbw_line(preset.name, preset.block_weights()))
+                    lines.append(format_lbw_line(preset.name, weights))
                 except ZLoraError as exc:
                     raise ZLoraError(f"preset {preset.name!r}: {exc.message}", path) from None
+                if weights.lbw_left_out():
+                    notes.append(f"{preset.name}: {weights.lbw_left_out()}")
             text = "\n".join(lines) + "\n"
         else:
             text = json.dumps({"presets": [p.to_json() for p in presets]}, indent=2) + "\n"
         atomic_write_text(Path(path), text)
+        return notes
 
     # ---- persistence --------------------------------------------------------------------
 

@@ -141,10 +141,14 @@ class BlockWeights:
         if size == 30 and any(self.cells[(b, c)] != 1.0 for b in model.REFINER_BLOCKS for c in model.COMPONENTS
                               if not _absent(b, c)):
             raise ZLoraError("refiner blocks are weighted; use the 34-value LBW form")
-        if self.other != 1.0:  # embedders and final layer: an LBW vector has no place for them
-            raise ZLoraError(f"'other' modules are weighted {format_value(self.other)}; an LBW vector "
-                             "cannot hold that (export as JSON instead)")
-        return values
+        return values  # "other" has no place in a vector: lbw_left_out says so
+
+    def lbw_left_out(self) -> str | None:
+        """What an LBW vector of these weights leaves out, in words (None when nothing)."""
+        if self.other == 1.0:
+            return None
+        return (f"'other' modules (embedders, final layer) weighted {format_value(self.other)} are not part "
+                "of an LBW vector: a loader applies them at full strength")
 
 
 def _absent(block: str, comp: str) -> bool:

@@ -314,8 +314,10 @@ class PresetPanel(QWidget):
         self.folderUsed.emit(os.path.dirname(path))
         lbw = chosen.startswith("LBW") or path.lower().endswith(".txt")
         try:
-            self.session.export_presets(names, path, lbw)
+            notes = self.session.export_presets(names, path, lbw)
         except ZLoraError as exc:
             self._error("Presets not exported", exc)
             return
         self.session.message.emit(f"Exported {len(names)} presets to {path}")
+        if notes:
+            QMessageBox.information(self, "Exported as LBW lines", "Left out of the LBW lines:\n\n" + "\n".join(notes))

@@ -347,8 +347,9 @@ class Session(QObject):
                             lambda: imported.extend(self.store.import_file(path)))
         return [p.name for p in imported]
 
-    def export_presets(self, names: list[str], path: str, lbw: bool) -> None:
-        self.store.export(names, path, lbw=lbw)
+    def export_presets(self, names: list[str], path: str, lbw: bool) -> list[str]:
+        """Export; return notes on what LBW lines left out."""
+        return self.store.export(names, path, lbw=lbw)
 
     # ---- analyses (norms, overlaps) ------------------------------------------------------------
 
