@@ -77,6 +77,7 @@ def test_output_format_round_trip(tmp_path, two_inputs, fmt, method):
     recipe = Recipe([RecipeInput(str(a), 1.0, weights_a.to_text()), RecipeInput(str(b), 0.6)], str(out),
                     format=fmt, method=method, rank=64 if method == "svd" else None)
     merge(recipe)
+    assert LoraFile.open(out).layout == f"ZLoRA Desktop ({fmt})"  # not the producer its keys resemble
     terms = [(truth_a, 1.0, weights_a), (truth_b, 0.6, None)]
     got = written_deltas(out)
     names = set(truth_a) | set(truth_b)
@@ -106,7 +107,7 @@ def test_comfyui_format_fuses_attention_for_comfyui(tmp_path, two_inputs):
     assert "lora_unet_layers_0_attention_out.lora_up.weight" in names
     assert not any("to_q" in n or "to_out" in n for n in names)
     assert "lora_unet_x_embedder.lora_down.weight" in names  # ComfyUI's own module names
-    assert LoraFile.open(out).layout == "kohya/musubi (ComfyUI fused qkv)"
+    assert LoraFile.open(out).layout == "ZLoRA Desktop (comfyui)"
 
 
 @pytest.mark.parametrize("dtype,torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16),

@@ -93,7 +93,7 @@ class LoraFile:
         modules = dict(sorted(modules.items(), key=lambda item: model.module_order(item[0])))
 
         notes = _collapse(notes)
-        lora = cls(path, header, _layout_name(parsed, fused), modules, sorted(unknown), notes, [],
+        lora = cls(path, header, _layout_name(parsed, fused, header.metadata), modules, sorted(unknown), notes, [],
                    _dtype_of(header, modules), {})
         lora.dims = _check_dims(lora)
         if lora.dims and (lora.dims.get("hidden", model.HIDDEN) != model.HIDDEN
@@ -298,7 +298,13 @@ def _example(names: list[str], fragment: str) -> str:
     return next(n for n in names if fragment in n)
 
 
-def _layout_name(parsed: dict[str, keys.ParsedKey], fused: list[str]) -> str:
+def _layout_name(parsed: dict[str, keys.ParsedKey], fused: list[str], metadata: dict[str, str]) -> str:
+    try:  # our own outputs say which of our formats they are: clearer than the producer their keys resemble
+        written_as = json.loads(metadata["zlora_recipe"])["format"]
+        if written_as in keys.OUTPUT_FORMATS:
+            return f"ZLoRA Desktop ({written_as})"
+    except (KeyError, TypeError, ValueError):
+        pass
     factor_keys = [k for k in parsed.values() if k.part in ("A", "B")]
     prefix, suffix = Counter((k.prefix, k.suffix) for k in factor_keys if k.part == "A").most_common(1)[0][0]
     has_alpha = any(k.part == "alpha" for k in parsed.values())
