@@ -133,7 +133,8 @@ class OutputPanel(QWidget):
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(2000)
-        self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)  # one line per event, like a terminal
+        # Wrapped: the dock is narrow, and a warning cut at its edge would go unread.
+        self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         self.log_view.setPlaceholderText("Merge log")
         self.log_view.setMinimumHeight(self.fontMetrics().height() * 3)
 
