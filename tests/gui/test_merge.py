@@ -146,3 +146,12 @@ def test_the_device_list_shows_what_torch_can_use(qtbot, window):
             assert combo.model().item(index).isEnabled() == (device in available)
     assert combo.itemText(combo.findData("auto")).startswith("Auto (")
     assert "torch" in window.device_label.text()
+
+
+def test_the_kohya_format_item_says_comfyui_skips_its_attention(qtbot, window):
+    from PySide6.QtCore import Qt
+
+    combo = window.output.format
+    tips = {combo.itemData(i): combo.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(combo.count())}
+    assert "ComfyUI does not load the split attention keys" in tips["kohya"]
+    assert tips["comfyui"] is None and tips["aitoolkit"] is None

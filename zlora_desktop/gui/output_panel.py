@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
                                QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
                                QWidget)
 
+from ..core import keys
 from ..core.errors import ZLoraError
 from .desktop import reveal_in_folder
 from .entries import human_size
@@ -70,6 +71,8 @@ class OutputPanel(QWidget):
 
         self.format = _combo(FORMATS)
         self.format.setToolTip("Key layout of the output file; every loader reads its alpha as 1")
+        for fmt, (_, caveat) in keys.FORMAT_CAVEATS.items():  # shown on the item, before a merge says it
+            self.format.setItemData(self.format.findData(fmt), caveat, Qt.ItemDataRole.ToolTipRole)
         self.method = _combo(METHODS)
         self.method.setToolTip("Exact keeps every term (ranks add up); SVD compresses the exact sum, "
                                "computed from the factors, to a rank or to an energy fraction")
