@@ -276,3 +276,8 @@ def test_kohya_output_warns_that_comfyui_skips_its_attention_unless_attention_is
     assert code == 0 and "ComfyUI" not in text
     code, text, _ = run_cli(capsys, "merge", a, "--ratio", "1", "--format", "comfyui", "-o", tmp_path / "c.safetensors")
     assert code == 0 and "ComfyUI" not in text
+
+
+def test_self_test_runs_from_the_cli(capsys):
+    code, out, _ = run_cli(capsys, "self-test", "--no-qt", "--device", "cpu")
+    assert code == 0 and "self-test passed on cpu" in out

@@ -87,11 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trigger", help="trigger words to put in the metadata")
+
+    # Listed for --help; main() hands its arguments to the self-test's own parser.
+    sub.add_parser("self-test", help="merge sample LoRAs on this machine's device and check the result "
+                                     "(zlora self-test --help for its options)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if argv[:1] == ["self-test"]:
+            return self_test(argv[1:])
         args = build_parser().parse_args(argv)
         return {"inspect": cmd_inspect, "merge": cmd_merge, "presets": cmd_presets,
                 "sample": cmd_sample}[args.command](args)
@@ -316,6 +323,12 @@ def grid_table(weights) -> str:
 
 
 # ---- sample --------------------------------------------------------------------------------
+
+
+def self_test(argv: list[str]) -> int:
+    from .selftest import main as run  # its own options and report; exit 0 when all passed
+
+    return run(argv)
 
 
 def cmd_sample(args) -> int:
