@@ -145,5 +145,6 @@ def test_excepthook_logs_and_reports(_log_dir, monkeypatch):
     assert len(shown) == 1
     message, path = shown[0]
     assert "ValueError: boom in the GUI" in message and str(path) in message
+    assert "has to close" in message  # fatal unless told otherwise
     text = _log_text(_log_dir)
     assert "boom in the GUI" in text and "Traceback" in text

@@ -152,11 +152,18 @@ def _enable_faulthandler(path: Path) -> None:
 CrashCallback = Callable[[str, Path | None], None]
 
 
-def crash_message(exc: BaseException) -> str:
-    """What a crash dialog says: the error in one line and where the full report is."""
+def crash_message(exc: BaseException, fatal: bool = True) -> str:
+    """What a crash dialog says: the error in one line and where the full report is.
+
+    ``fatal``: the app stops. Otherwise (an error in one action of a running window) the user
+    is told the window stays open.
+    """
     text = f"{type(exc).__name__}: {exc}".strip()
     where = _state["path"]
-    lines = ["ZLoRA Desktop hit an unexpected error and has to close.", "", text]
+    headline = ("ZLoRA Desktop hit an unexpected error and has to close." if fatal else
+                "ZLoRA Desktop hit an unexpected error. The window stays open; saving your recipe "
+                "now is a good idea.")
+    lines = [headline, "", text]
     if where is not None:
         lines += ["", f"The full report is in the log file:\n{where}"]
     return "\n".join(lines)
@@ -171,8 +178,10 @@ def log_exception(exc: BaseException, where: str = "uncaught exception") -> None
             pass
 
 
-def install_excepthook(on_crash: CrashCallback | None = None) -> None:
+def install_excepthook(on_crash: CrashCallback | None = None, fatal: bool = True) -> None:
     """Log uncaught exceptions; then call ``on_crash(message, log_path)`` (e.g. a dialog).
+
+    ``fatal``: whether such an exception ends the app (see ``crash_message``).
 
     KeyboardInterrupt keeps Python's default behaviour. Exceptions in other threads are
     logged and reported the same way.
@@ -188,7 +197,7 @@ def install_excepthook(on_crash: CrashCallback | None = None) -> None:
         log_exception(exc)
         if on_crash is not None:
             try:
-                on_crash(crash_message(exc), _state["path"])
+                on_crash(crash_message(exc, fatal), _state["path"])
             except Exception:  # the dialog itself failed: the log has the original error
                 logging.getLogger("zlora_desktop").exception("the crash dialog failed")
         elif sys.stderr is not None:

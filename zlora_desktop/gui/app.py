@@ -43,23 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _self_test(argv: list[str]) -> int:
-    try:
-        from zlora_desktop.selftest import main as selftest_main
-    except ImportError as exc:
-        if getattr(exc, "name", None) != "zlora_desktop.selftest":
-            raise
-        _say("zlora-desktop: the self-test is not part of this build")
-        return 1
+    from ..selftest import main as selftest_main
+
     return int(selftest_main([a for a in argv if a != "--self-test"]) or 0)
 
 
 def _setup_logging() -> Path | None:
-    try:
-        from zlora_desktop.applog import setup_logging
-    except ImportError:
-        if sys.stderr is not None and not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return None
+    from ..applog import setup_logging
+
     try:
         return setup_logging()
     except Exception as exc:  # noqa: BLE001 - logging must never stop the app from starting
@@ -87,40 +78,14 @@ def show_error_box(message: str, log_path: Path | None) -> None:
     box.show()
 
 
-def _crash_text(message: str) -> str:
-    """applog's crash message, told as what it is here: the window stays open, work is not lost."""
-    first, _, rest = message.partition("\n")
-    if first.startswith("ZLoRA Desktop hit an unexpected error") and rest:
-        return ("ZLoRA Desktop hit an unexpected error. The window stays open; saving your recipe "
-                "now is a good idea.\n" + rest)
-    return message
-
-
 def install_excepthook(log_path: Path | None) -> None:
-    """Unhandled exceptions are logged with their traceback and shown in a message box."""
+    """Unhandled exceptions are logged with their traceback and shown in a message box.
 
-    def on_crash(message: str, path) -> None:
-        show_error_box(_crash_text(message), path or log_path)
+    An exception escaping a Qt slot does not stop the event loop: the window stays open.
+    """
+    from ..applog import install_excepthook as install_logging_hook
 
-    try:
-        from zlora_desktop.applog import install_excepthook as install_logging_hook
-    except ImportError:
-        install_logging_hook = None
-    if install_logging_hook is not None:
-        install_logging_hook(on_crash)
-        return
-
-    def hook(exc_type, exc, tb) -> None:  # without applog: log and show it ourselves
-        if issubclass(exc_type, KeyboardInterrupt):
-            sys.__excepthook__(exc_type, exc, tb)
-            return
-        log.error("unhandled exception", exc_info=(exc_type, exc, tb))
-        try:
-            show_error_box(f"{exc_type.__name__}: {exc}", log_path)
-        except Exception:  # noqa: BLE001 - the hook itself must never raise
-            log.exception("could not show the error box")
-
-    sys.excepthook = hook
+    install_logging_hook(lambda message, path: show_error_box(message, path or log_path), fatal=False)
 
 
 def _write_startup_report(path: str, started: float) -> None:
