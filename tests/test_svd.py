@@ -8,9 +8,13 @@ import pytest
 import torch
 
 from conftest import relative_error, written_deltas
-from zlora_desktop.core.merge import concat_terms, merge, svd_truncate
+from zlora_desktop.core.merge import merge, stack_terms, svd_truncate
 from zlora_desktop.core.recipe import Recipe, RecipeInput
 from zlora_desktop.core.sample import SampleSpec, write_sample
+
+
+def _stacked(terms):
+    return stack_terms(terms, torch.float32)
 
 
 def _random_terms(seed: int, out_dim=48, in_dim=40, ranks=(4, 6, 3)):
@@ -23,7 +27,7 @@ def _random_terms(seed: int, out_dim=48, in_dim=40, ranks=(4, 6, 3)):
 def test_factored_svd_matches_dense_svd(rank):
     terms = _random_terms(rank)
     dense = sum(c * (up.double() @ down.double()) for down, up, c in terms)
-    down, up = concat_terms(terms)
+    down, up = _stacked(terms)
     new_down, new_up, stats = svd_truncate(down, up, rank, 0.99)
     u, s, vh = torch.linalg.svd(dense)
     best = (u[:, :rank] * s[:rank]) @ vh[:rank]
@@ -38,7 +42,7 @@ def test_factored_svd_matches_dense_svd(rank):
 def test_full_rank_svd_is_exact_and_reports_zero_error():
     terms = _random_terms(1)
     dense = sum(c * (up.double() @ down.double()) for down, up, c in terms)
-    new_down, new_up, stats = svd_truncate(*concat_terms(terms), 64, 0.99)
+    new_down, new_up, stats = svd_truncate(*_stacked(terms), 64, 0.99)
     assert stats.rank_out == 13  # the sum's exact rank; a larger request is capped and reported
     assert stats.rel_error < 1e-6 and stats.kept_energy == pytest.approx(1.0)
     assert relative_error(new_up.double() @ new_down.double(), dense) < 1e-5
@@ -50,7 +54,7 @@ def test_auto_rank_keeps_the_smallest_rank_reaching_the_energy(energy):
     dense = sum(c * (up.double() @ down.double()) for down, up, c in terms)
     s = torch.linalg.svdvals(dense)
     cumulative = torch.cumsum(s.square(), 0) / s.square().sum()
-    _, _, stats = svd_truncate(*concat_terms(terms), "auto", energy)
+    _, _, stats = svd_truncate(*_stacked(terms), "auto", energy)
     assert stats.kept_energy >= energy - 1e-9
     expected_rank = int((cumulative < energy - 1e-9).sum()) + 1
     assert stats.rank_out == min(expected_rank, 13)
@@ -59,7 +63,7 @@ def test_auto_rank_keeps_the_smallest_rank_reaching_the_energy(energy):
 def test_duplicate_inputs_are_rank_deficient_but_exact():
     """The same LoRA twice: stacked factors are rank-deficient; QR must cope."""
     down, up = torch.randn(4, 30), torch.randn(20, 4)
-    new_down, new_up, stats = svd_truncate(*concat_terms([(down, up, 1.0), (down, up, 1.0)]), 4, 0.99)
+    new_down, new_up, stats = svd_truncate(*_stacked([(down, up, 1.0), (down, up, 1.0)]), 4, 0.99)
     assert relative_error(new_up.double() @ new_down.double(), 2 * (up.double() @ down.double())) < 1e-5
     assert stats.rel_error < 1e-5
 
@@ -67,7 +71,7 @@ def test_duplicate_inputs_are_rank_deficient_but_exact():
 def test_large_values_are_never_clamped():
     down = torch.randn(2, 16) * 1e3
     up = torch.randn(16, 2) * 1e3
-    new_down, new_up, _ = svd_truncate(*concat_terms([(down, up, 3.0)]), 2, 0.99)
+    new_down, new_up, _ = svd_truncate(*_stacked([(down, up, 3.0)]), 2, 0.99)
     assert relative_error(new_up.double() @ new_down.double(), 3.0 * (up.double() @ down.double())) < 1e-5
 
 
@@ -93,9 +97,9 @@ def test_svd_on_full_size_module_needs_no_dense_matrix():
     generator = torch.Generator().manual_seed(0)
     terms = [(torch.randn(8, 3840, generator=generator) / 60, torch.randn(10240, 8, generator=generator) / 100, 1.0),
              (torch.randn(8, 3840, generator=generator) / 60, torch.randn(10240, 8, generator=generator) / 100, 0.7)]
-    new_down, new_up, stats = svd_truncate(*concat_terms(terms), 8, 0.99)
+    new_down, new_up, stats = svd_truncate(*_stacked(terms), 8, 0.99)
     assert new_down.shape == (8, 3840) and new_up.shape == (10240, 8)
-    down, up = concat_terms(terms)
+    down, up = _stacked(terms)
     # Compare in the small space: ‖M − M_k‖² = ‖M‖² − ‖M_k‖² for the optimal M_k.
     gram = lambda d, u: float(((u.double().T @ u.double()) * (d.double() @ d.double().T)).sum())
     total, kept = gram(down, up), gram(new_down, new_up)
@@ -103,3 +107,22 @@ def test_svd_on_full_size_module_needs_no_dense_matrix():
     chol = torch.linalg.cholesky
     singular = torch.linalg.svdvals(chol(up.double().T @ up.double()).T @ chol(down.double() @ down.double().T))
     assert kept == pytest.approx(float(singular[:8].square().sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize("source", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("target", [torch.float32, torch.bfloat16, torch.float16])
+def test_stack_terms_scales_each_factor_once_in_float32_then_casts(source, target):
+    terms = [(down.to(source), up.to(source), c) for down, up, c in _random_terms(3)]
+    terms.append((terms[0][0], terms[0][1], 1.0))  # factor 1 takes the copy path
+    down, up = stack_terms(terms, target)
+    up_column_major = stack_terms(terms, target, up_column_major=True)[1]
+    expected_down, expected_up = [], []
+    for a, b, c in terms:
+        root = math.sqrt(abs(c))
+        expected_down.append((a.float() * root).to(target))
+        expected_up.append((b.float() * (root if c > 0 else -root)).to(target))
+    assert torch.equal(down, torch.cat(expected_down, 0)) and torch.equal(up, torch.cat(expected_up, 1))
+    assert torch.equal(up_column_major, up)
+    exact = sum(c * (b.double() @ a.double()) for a, b, c in terms)
+    tolerance = 1e-6 if target == torch.float32 and source == torch.float32 else 2e-2
+    assert relative_error(up.double() @ down.double(), exact) < tolerance

@@ -217,25 +217,12 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     return report
 
 
-def concat_terms(terms):
-    """Σ cᵢ·Bᵢ·Aᵢ as one pair (A [Σr, in], B [out, Σr]), each factor split √|c| / sign·√|c|."""
-    import torch
-
-    downs, ups = [], []
-    for down, up, factor in terms:
-        root = math.sqrt(abs(factor))
-        downs.append(down * root)
-        ups.append(up * (root if factor > 0 else -root))
-    if len(downs) == 1:
-        return downs[0], ups[0]
-    return torch.cat(downs, dim=0), torch.cat(ups, dim=1)
-
-
 def stack_terms(terms, dtype, device: str = "cpu", up_column_major: bool = False):
-    """``concat_terms`` then a cast to ``dtype``, from factors in any dtype, with no intermediate copy.
+    """Σ cᵢ·Bᵢ·Aᵢ as one pair (A [Σr, in], B [out, Σr]) in ``dtype``, ranks concatenated.
 
-    Each factor is converted and scaled once, straight into its slice of the output pair: the
-    result is bit for bit ``concat_terms`` (float32 arithmetic) followed by ``.to(dtype)``.
+    Each factor is split √|c| on A, sign·√|c| on B (never c on both: that would square it),
+    converted and scaled once, straight into its slice of the output pair: bit for bit
+    float32(factor) · √|c| cast to ``dtype``, with no intermediate copy.
     ``up_column_major`` lays B out column by column (what QR wants; the values are the same).
     """
     import torch
