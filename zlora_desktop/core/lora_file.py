@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from . import keys, model
 from .errors import ZLoraError
+from .recipe import RECIPE_METADATA_KEY
 from .st_header import DTYPE_NAMES, Header, read_header, read_scalar
 
 FUSED_SUFFIX = "." + keys.FUSED_QKV
@@ -300,7 +301,7 @@ def _example(names: list[str], fragment: str) -> str:
 
 def _layout_name(parsed: dict[str, keys.ParsedKey], fused: list[str], metadata: dict[str, str]) -> str:
     try:  # our own outputs say which of our formats they are: clearer than the producer their keys resemble
-        written_as = json.loads(metadata["zlora_recipe"])["format"]
+        written_as = json.loads(metadata[RECIPE_METADATA_KEY])["format"]
         if written_as in keys.OUTPUT_FORMATS:
             return f"ZLoRA Desktop ({written_as})"
     except (KeyError, TypeError, ValueError):
@@ -370,7 +371,7 @@ def summarize_metadata(metadata: dict[str, str]) -> dict[str, object]:
             tool = software
     if "lora_adapter_metadata" in metadata and not tool:
         tool = "diffusers/PEFT"
-    if "zlora_recipe" in metadata:
+    if RECIPE_METADATA_KEY in metadata:
         tool = "ZLoRA Desktop"
     if any(k.startswith("ot_") or k.startswith("onetrainer") for k in metadata):
         tool = "OneTrainer"

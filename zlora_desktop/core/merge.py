@@ -20,12 +20,10 @@ from typing import Callable
 from . import keys, model
 from .errors import CancelledError, ZLoraError
 from .lora_file import LoraFile
-from .recipe import Recipe
+from .recipe import RECIPE_METADATA_KEY, SOURCES_METADATA_KEY, Recipe
 from .writer import build_state_dict, save_atomic
 
 ProgressCallback = Callable[[int, int, str], None]
-
-VERSION_KEY = "zlora_recipe"
 
 
 @dataclass
@@ -353,7 +351,7 @@ def sha256_file(path: str, chunk: int = 8 * 1024 * 1024) -> str:
 
 # Keys that describe a file's own layout and would be wrong on the output.
 _LAYOUT_KEYS = {"lora_adapter_metadata", "ss_network_dim", "ss_network_alpha", "ss_network_args",
-                "zlora_recipe", "zlora_sources", "format"}
+                RECIPE_METADATA_KEY, SOURCES_METADATA_KEY, "format"}
 
 
 def output_metadata(recipe: Recipe, inputs, digests: list[str]) -> dict[str, str]:
@@ -387,11 +385,11 @@ def output_metadata(recipe: Recipe, inputs, digests: list[str]) -> dict[str, str
         sources = [{"file": os.path.basename(lora.path),
                     "metadata": {k: v for k, v in lora.metadata.items() if k not in _LAYOUT_KEYS}}
                    for lora, _, _ in inputs]
-        metadata["zlora_sources"] = json.dumps(sources)
+        metadata[SOURCES_METADATA_KEY] = json.dumps(sources)
         triggers = []
         for lora, _, _ in inputs:
             triggers.extend(lora.training_info().get("trigger_words", []))
         if triggers:
             metadata["modelspec.trigger_phrase"] = ", ".join(dict.fromkeys(triggers))
-    metadata[VERSION_KEY] = json.dumps(record)
+    metadata[RECIPE_METADATA_KEY] = json.dumps(record)
     return metadata

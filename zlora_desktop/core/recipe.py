@@ -22,6 +22,11 @@ from pathlib import Path
 from .errors import ZLoraError
 from .weights import BlockWeights
 
+# Metadata keys of every output: the recipe that made it (inputs with sha256, ratios, weights,
+# method, format, version), and with several inputs, each input's own metadata.
+RECIPE_METADATA_KEY = "zlora_recipe"
+SOURCES_METADATA_KEY = "zlora_sources"
+
 METHODS = ("exact", "svd")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda", "mps")
