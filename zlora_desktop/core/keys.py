@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from . import model
+from .options import FORMAT_CAVEATS, FORMATS  # noqa: F401 (FORMAT_CAVEATS re-exported)
 
 FUSED_QKV = "attention.qkv"
 
@@ -156,15 +157,8 @@ def describe_layout(prefix: str, suffix: str, fused: bool, has_alpha: bool) -> s
 
 # ---- writing ------------------------------------------------------------------------------
 
-OUTPUT_FORMATS = ("aitoolkit", "kohya", "comfyui", "diffusers")
-
-# What a loader silently skips in a format (ARCHITECTURE.md section 3), told to the user when it applies:
-# format -> (components the loader misses, the warning).
-FORMAT_CAVEATS = {
-    "kohya": (("q", "k", "v"), "ComfyUI does not load the split attention keys of the kohya format "
-              "(its Z-Image model has fused qkv): q, k and v would be ignored there. "
-              "For ComfyUI write 'comfyui' or 'aitoolkit'."),
-}
+# The output formats and their caveats have their home in options.py.
+OUTPUT_FORMATS = tuple(FORMATS)
 
 
 def kohya_name(module: str) -> str:

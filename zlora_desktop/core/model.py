@@ -35,6 +35,36 @@ BLOCK_GROUPS = {
 }
 OTHER = "other"
 
+
+def has_cell(block: str, component: str) -> bool:
+    """Whether a block has that component: context refiners have no adaLN (the one place this rule lives)."""
+    return not (block.startswith("CR") and component == "adaLN")
+
+
+# Every (block, component) cell of the weight grid, in model order, absent ones included
+# (a grid keeps a value there so that every block has eight cells); CELLS_PRESENT leaves them out.
+ALL_CELLS = tuple((b, c) for b in BLOCKS for c in COMPONENTS)
+CELLS_PRESENT = tuple(cell for cell in ALL_CELLS if has_cell(*cell))
+
+
+def block_runs(blocks) -> list[list[str]]:
+    """Consecutive blocks (in model order) grouped into runs: [[NR0, NR1, CR0], [L00, …, L23]]."""
+    present = set(blocks)
+    runs: list[list[str]] = []
+    for index, block in enumerate(BLOCKS):
+        if block not in present:
+            continue
+        if runs and BLOCKS.index(runs[-1][-1]) == index - 1:
+            runs[-1].append(block)
+        else:
+            runs.append([block])
+    return runs
+
+
+def block_ranges_text(blocks) -> str:
+    """``NR0-CR1, L00-L23``: the blocks as ranges in model order ("" when none)."""
+    return ", ".join(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in block_runs(blocks))
+
 _COMPONENT_PATH = {
     "adaLN": "adaLN_modulation.0",
     "q": "attention.to_q",
@@ -95,12 +125,7 @@ def split_module(name: str) -> tuple[str, str] | None:
 
 def all_block_modules() -> list[str]:
     """Every block module in canonical order (context refiners have no adaLN)."""
-    return [
-        module_name(block, comp)
-        for block in BLOCKS
-        for comp in COMPONENTS
-        if not (block.startswith("CR") and comp == "adaLN")
-    ]
+    return [module_name(block, comp) for block, comp in CELLS_PRESENT]
 
 
 def module_order(name: str) -> tuple:

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import options
 from .errors import ZLoraError
 from .weights import BlockWeights
 
@@ -27,10 +28,10 @@ from .weights import BlockWeights
 RECIPE_METADATA_KEY = "zlora_recipe"
 SOURCES_METADATA_KEY = "zlora_sources"
 
-METHODS = ("exact", "svd")
-DTYPES = ("auto", "bf16", "fp16", "fp32")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DEFAULT_ENERGY = 0.99
+METHODS = tuple(options.METHODS)
+DTYPES = tuple(options.DTYPES)
+DEVICES = tuple(options.DEVICES)
+DEFAULT_ENERGY = options.DEFAULT_ENERGY
 
 
 @dataclass

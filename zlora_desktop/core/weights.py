@@ -34,7 +34,7 @@ from . import model
 from .errors import ZLoraError
 
 Cell = tuple[str, str]
-_ALL_CELLS: tuple[Cell, ...] = tuple((b, c) for b in model.BLOCKS for c in model.COMPONENTS)
+_ALL_CELLS: tuple[Cell, ...] = model.ALL_CELLS
 _BLOCK_NAME = re.compile(r"^(L\d\d|NR[01]|CR[01])$")
 
 
@@ -152,8 +152,7 @@ class BlockWeights:
 
 
 def _absent(block: str, comp: str) -> bool:
-    """Context-refiner blocks have no adaLN: their cell exists but matches no module."""
-    return block.startswith("CR") and comp == "adaLN"
+    return not model.has_cell(block, comp)
 
 
 def parse_lbw_lines(text: str) -> list[tuple[str, BlockWeights]]:

@@ -1,0 +1,45 @@
+"""The output choices of a merge, with the labels the app shows: one home for these identifiers.
+
+The recipe (file form), the CLI's ``choices=`` and the app's combo boxes all read them from here.
+"""
+
+from __future__ import annotations
+
+# identifier -> label, in the order the app lists them.
+FORMATS = {
+    "aitoolkit": "AI-Toolkit (lora_A/B)",
+    "kohya": "kohya / musubi",
+    "comfyui": "ComfyUI (fused qkv)",
+    "diffusers": "diffusers / PEFT",
+}
+METHODS = {
+    "exact": "Exact (ranks concatenated)",
+    "svd": "SVD (compressed)",
+}
+DTYPES = {
+    "auto": "Auto (as the inputs)",
+    "bf16": "bf16",
+    "fp16": "fp16",
+    "fp32": "fp32",
+}
+DEVICES = {
+    "auto": "Auto",
+    "cuda": "CUDA",
+    "mps": "MPS (Apple)",
+    "cpu": "CPU",
+}
+
+DEFAULT_FORMAT = "aitoolkit"
+DEFAULT_METHOD = "exact"
+DEFAULT_DTYPE = "auto"
+DEFAULT_DEVICE = "auto"
+DEFAULT_ENERGY = 0.99
+DEFAULT_SVD_RANK = 64
+
+# What a loader silently skips in a format (ARCHITECTURE.md section 3), told to the user where the
+# format is chosen and again after a merge: format -> (components the loader misses, the warning).
+FORMAT_CAVEATS = {
+    "kohya": (("q", "k", "v"), "ComfyUI does not load the split attention keys of the kohya format "
+              "(its Z-Image model has fused qkv): q, k and v would be ignored there. "
+              "For ComfyUI write 'comfyui' or 'aitoolkit'."),
+}
