@@ -11,6 +11,7 @@ import os
 from typing import Callable
 
 from . import model
+from .errors import ZLoraError
 from .lora_file import LoraFile
 
 
@@ -57,12 +58,34 @@ def strength_grid(norms: dict[str, float], weights=None) -> dict[str, dict[str, 
 Products = dict[str, tuple[float, float, float]]
 
 
+def incomparable_reason(first: LoraFile, second: LoraFile) -> str | None:
+    """Why the two files' ΔW cannot be compared, from their headers alone; None when they can.
+
+    LoRAs trained for models of different sizes (a test LoRA beside a full-size one) have
+    ΔW matrices of different shapes: there is no inner product between them.
+    """
+    sizes = [f"{key} {first.dims[key]} vs {second.dims[key]}" for key in ("hidden", "ffn", "adaln_in")
+             if key in first.dims and key in second.dims and first.dims[key] != second.dims[key]]
+    if sizes:
+        return f"different model sizes ({', '.join(sizes)})"
+    for name, info in first.modules.items():
+        other = second.modules.get(name)
+        if other is not None and tuple(other.shape) != tuple(info.shape):
+            return f"module {name} is {list(info.shape)} in one and {list(other.shape)} in the other"
+    return None
+
+
 def module_inner_products(first: LoraFile, second: LoraFile, device: str = "cpu",
                           progress: Callable[[int, int, str], None] | None = None) -> Products:
     """Per module the two files share, the Frobenius inner product and squared norms of their ΔW.
 
     Kept per module so that any weights and ratios can be applied later without reading again.
+    Raises ZLoraError naming both files when their ΔW have different shapes (checked from the
+    headers, before anything is read).
     """
+    reason = incomparable_reason(first, second)
+    if reason:
+        raise ZLoraError(f"not comparable with {second.path}: {reason}", first.path)
     shared = [name for name in first.modules if name in second.modules]
     products: Products = {}
     for index, name in enumerate(shared):
