@@ -1,64 +1,18 @@
-"""The LoRA list: one entry per input file, and the table model that shows them.
+"""The LoRA list as a Qt table model over the document's entries (``core.document``).
 
-An entry's file facts arrive from worker threads (header, then sha256); its ratio, enable flag
-and weights change only through undo commands (``commands.py``), which call the setters here.
+The model keeps its own list of entry ids, changed only between Qt's begin/end notifications, so
+views always see a consistent table while the document changes underneath.
 """
 
 from __future__ import annotations
-
-import itertools
-import os
-from dataclasses import dataclass, field
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication, QStyle
 
 from ..core import model as zit
-from ..core.weights import BlockWeights
-
-_ids = itertools.count(1)
-
-LOADING, READY, FAILED = "loading", "ready", "failed"
-
-
-@dataclass(eq=False)
-class LoraEntry:
-    path: str
-    ratio: float = 1.0
-    enabled: bool = True
-    weights: BlockWeights = field(default_factory=BlockWeights)
-    preset: str | None = None  # the preset the weights came from, as a label
-    id: int = field(default_factory=lambda: next(_ids))
-    state: str = LOADING
-    lora: object = None  # core.lora_file.LoraFile (header only), once read
-    error: str | None = None  # the engine's one-line message when the file is unusable
-    sha256: str | None = None
-    duplicate_of: str | None = None  # name of an earlier entry with the same sha256
-    norms: dict | None = None  # {module: ‖ΔW‖_F}, computed on demand
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.path)
-
-    @property
-    def short_name(self) -> str:
-        """The file name without ``.safetensors``, for crowded places."""
-        name = self.name
-        return name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
-
-    @property
-    def usable(self) -> bool:
-        return self.state == READY
-
-    @property
-    def merged(self) -> bool:
-        """Part of the next merge: readable and switched on."""
-        return self.usable and self.enabled
-
-    def size_bytes(self) -> int | None:
-        return self.lora.header.file_size if self.lora is not None else None
-
+from ..core.document import FAILED, LOADING, READY, Document, Entry, double_counting_reason
+from .tooltips import rich_tooltip
 
 COL_ON, COL_NAME, COL_FORMAT, COL_RANK, COL_BLOCKS, COL_SIZE, COL_RATIO = range(7)
 HEADERS = ("On", "LoRA", "Format", "Rank", "Blocks", "Size", "Ratio")
@@ -84,28 +38,14 @@ def blocks_text(lora) -> str:
     return f"{len(lora.blocks)}/{len(zit.BLOCKS)}"
 
 
-def block_runs(blocks) -> str:
-    """``NR0-CR1, L00-L23``: consecutive blocks (in model order) as ranges."""
-    present = set(blocks)
-    runs: list[list[str]] = []
-    for block in zit.BLOCKS:
-        if block not in present:
-            continue
-        if runs and zit.BLOCKS.index(runs[-1][-1]) == zit.BLOCKS.index(block) - 1:
-            runs[-1].append(block)
-        else:
-            runs.append([block])
-    return ", ".join(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
-
-
 def blocks_detail(lora) -> str:
-    text = block_runs(lora.blocks) or "none"
+    text = zit.block_ranges_text(lora.blocks) or "none"
     if lora.other_modules:
         text += f" + {len(lora.other_modules)} other modules"
     return text
 
 
-def entry_tooltip(entry: LoraEntry) -> str:
+def entry_tooltip(entry: Entry) -> str:
     lines = [entry.path]
     if entry.state == FAILED:
         lines.append(f"Not usable: {entry.error}")
@@ -119,8 +59,9 @@ def entry_tooltip(entry: LoraEntry) -> str:
             lines.append(f"{key.replace('_', ' ').capitalize()}: {value}")
         lines += [f"Note: {note}" for note in lora.notes]
         lines += [f"Warning: {warning}" for warning in lora.warnings]
-    if entry.duplicate_of:
-        lines.append(f"Same content as {entry.duplicate_of} (same sha256): merging both counts it twice")
+    reason = double_counting_reason(entry)
+    if reason:
+        lines.append(f"Left out when found: {reason}")
     if entry.sha256:
         lines.append(f"sha256: {entry.sha256}")
     elif entry.state == READY:
@@ -129,105 +70,80 @@ def entry_tooltip(entry: LoraEntry) -> str:
 
 
 class LoraListModel(QAbstractTableModel):
-    """Rows are LoraEntry objects; edits of ratio/enable come back as requests (for undo)."""
+    """Rows are the document's entries; ticking a box asks the session (an undo step), never sets it."""
 
     enabledToggleRequested = Signal(int, bool)  # entry id, new state
     weightsChanged = Signal(int)  # entry id
     ratioChanged = Signal(int)
     entryChanged = Signal(int)  # any displayed fact (file read, hashed, enabled, ratio, weights)
 
-    def __init__(self, parent=None):
+    def __init__(self, document: Document, parent=None):
         super().__init__(parent)
-        self._entries: list[LoraEntry] = []
-        self.preset_label = lambda entry: entry.preset  # the session puts its richer label here
+        self._doc = document
+        self._ids: list[int] = [e.id for e in document.entries]
+        document.subscribe(self._on_document)
 
     # ---- access ---------------------------------------------------------------------------
 
     @property
-    def entries(self) -> list[LoraEntry]:
-        return list(self._entries)
+    def entries(self) -> list[Entry]:
+        return [e for e in (self._doc.entry(i) for i in self._ids) if e is not None]
 
-    def entry(self, entry_id: int) -> LoraEntry | None:
-        return next((e for e in self._entries if e.id == entry_id), None)
+    def entry(self, entry_id: int) -> Entry | None:
+        return self._doc.entry(entry_id) if entry_id in self._ids else None
 
-    def entry_at(self, row: int) -> LoraEntry | None:
-        return self._entries[row] if 0 <= row < len(self._entries) else None
+    def entry_at(self, row: int) -> Entry | None:
+        return self._doc.entry(self._ids[row]) if 0 <= row < len(self._ids) else None
 
     def row_of(self, entry_id: int) -> int:
-        return next((i for i, e in enumerate(self._entries) if e.id == entry_id), -1)
+        return self._ids.index(entry_id) if entry_id in self._ids else -1
 
-    # ---- structure (called by undo commands) ------------------------------------------------
+    def preset_label(self, entry: Entry) -> str | None:
+        return self._doc.preset_label(entry)
 
-    def insert(self, row: int, entries: list[LoraEntry]) -> None:
-        row = max(0, min(row, len(self._entries)))
-        self.beginInsertRows(QModelIndex(), row, row + len(entries) - 1)
-        self._entries[row:row] = entries
-        self.endInsertRows()
+    # ---- following the document -------------------------------------------------------------
 
-    def remove(self, entry_id: int) -> int:
-        row = self.row_of(entry_id)
-        if row >= 0:
+    def _on_document(self, kind: str, *args) -> None:
+        if kind == "inserted":
+            row, entries = args
+            self.beginInsertRows(QModelIndex(), row, row + len(entries) - 1)
+            self._ids[row:row] = [e.id for e in entries]
+            self.endInsertRows()
+        elif kind == "removed":
+            row, _entry = args
             self.beginRemoveRows(QModelIndex(), row, row)
-            del self._entries[row]
+            del self._ids[row]
             self.endRemoveRows()
-        return row
-
-    def move(self, entry_id: int, new_row: int) -> None:
-        row = self.row_of(entry_id)
-        new_row = max(0, min(new_row, len(self._entries) - 1))
-        if row < 0 or row == new_row:
-            return
-        # Qt's destination is "before this row" in the old numbering.
-        destination = new_row + 1 if new_row > row else new_row
-        self.beginMoveRows(QModelIndex(), row, row, QModelIndex(), destination)
-        entry = self._entries.pop(row)
-        self._entries.insert(new_row, entry)
-        self.endMoveRows()
-
-    def clear(self) -> None:
-        self.beginResetModel()
-        self._entries = []
-        self.endResetModel()
-
-    # ---- values (called by undo commands and file jobs) --------------------------------------
-
-    def set_ratio(self, entry_id: int, ratio: float) -> None:
-        entry = self.entry(entry_id)
-        if entry is not None and entry.ratio != ratio:
-            entry.ratio = float(ratio)
-            self._changed(entry, COL_RATIO, COL_RATIO)
-            self.ratioChanged.emit(entry.id)
-
-    def set_enabled(self, entry_id: int, enabled: bool) -> None:
-        entry = self.entry(entry_id)
-        if entry is not None and entry.enabled != enabled:
-            entry.enabled = bool(enabled)
-            self._changed(entry, COL_ON, COL_RATIO)
-
-    def set_weights(self, entry_id: int, weights: BlockWeights, preset: str | None) -> None:
-        entry = self.entry(entry_id)
-        if entry is None:
-            return
-        entry.weights = weights.copy()
-        entry.preset = preset
-        self._changed(entry, COL_NAME, COL_NAME)
-        self.weightsChanged.emit(entry.id)
-
-    def file_changed(self, entry: LoraEntry) -> None:
-        """An entry's file facts changed (header read, failed, hashed, duplicate found)."""
-        if self.row_of(entry.id) >= 0:
-            self._changed(entry, COL_ON, COL_RATIO)
-
-    def _changed(self, entry: LoraEntry, first: int, last: int) -> None:
-        row = self.row_of(entry.id)
-        if row >= 0:
-            self.dataChanged.emit(self.index(row, first), self.index(row, last))
-        self.entryChanged.emit(entry.id)
+        elif kind == "moved":
+            row, new_row, entry = args
+            # Qt's destination is "before this row" in the old numbering.
+            self.beginMoveRows(QModelIndex(), row, row, QModelIndex(), new_row + 1 if new_row > row else new_row)
+            self._ids.insert(new_row, self._ids.pop(row))
+            self.endMoveRows()
+        elif kind == "reset":
+            self.beginResetModel()
+            self._ids = [e.id for e in self._doc.entries]
+            self.endResetModel()
+        elif kind == "entry":
+            entry, what = args
+            row = self.row_of(entry.id)
+            if row >= 0:
+                first, last = {"ratio": (COL_RATIO, COL_RATIO), "weights": (COL_NAME, COL_NAME)}.get(
+                    what, (COL_ON, COL_RATIO))
+                self.dataChanged.emit(self.index(row, first), self.index(row, last))
+            if what == "ratio":
+                self.ratioChanged.emit(entry.id)
+            elif what == "weights":
+                self.weightsChanged.emit(entry.id)
+            self.entryChanged.emit(entry.id)
+        elif kind == "presets":
+            if self._ids:  # a preset's grid changed: the "[preset, edited]" labels may too
+                self.dataChanged.emit(self.index(0, COL_NAME), self.index(len(self._ids) - 1, COL_NAME))
 
     # ---- Qt model ---------------------------------------------------------------------------
 
     def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self._entries)
+        return 0 if parent.isValid() else len(self._ids)
 
     def columnCount(self, parent=QModelIndex()) -> int:
         return 0 if parent.isValid() else len(HEADERS)
@@ -261,7 +177,7 @@ class LoraListModel(QAbstractTableModel):
             on = entry.enabled and entry.state != FAILED
             return Qt.CheckState.Checked if on else Qt.CheckState.Unchecked
         if role == Qt.ItemDataRole.ToolTipRole:
-            return entry_tooltip(entry)
+            return rich_tooltip(entry_tooltip(entry))
         if role == Qt.ItemDataRole.DecorationRole and column == COL_NAME:
             return self._icon(entry)
         if role == Qt.ItemDataRole.ForegroundRole:
@@ -286,10 +202,10 @@ class LoraListModel(QAbstractTableModel):
         self.enabledToggleRequested.emit(entry.id, bool(checked))
         return True
 
-    def _display(self, entry: LoraEntry, column: int):
+    def _display(self, entry: Entry, column: int):
         lora = entry.lora
         if column == COL_NAME:
-            label = self.preset_label(entry)
+            label = self._doc.preset_label(entry)
             return entry.short_name + (f"  [{label}]" if label else "")
         if column == COL_FORMAT:
             if entry.state == LOADING:
@@ -308,10 +224,10 @@ class LoraListModel(QAbstractTableModel):
         return None
 
     @staticmethod
-    def _icon(entry: LoraEntry):
+    def _icon(entry: Entry):
         style = QApplication.style()
         if entry.state == FAILED:
             return style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxCritical)
-        if entry.duplicate_of or (entry.lora is not None and entry.lora.warnings):
+        if entry.duplicate_of or entry.made_from or (entry.lora is not None and entry.lora.warnings):
             return style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
         return None

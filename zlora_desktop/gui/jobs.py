@@ -18,8 +18,6 @@ Report = Callable[[int, int], None]
 Cancelled = Callable[[], bool]
 
 
-
-
 def expand_paths(paths: list[str], report: Report, cancelled: Cancelled) -> tuple[list[str], list[str]]:
     """(files to add, notes): a folder stands for the .safetensors files directly inside it."""
     files: list[str] = []
@@ -43,10 +41,13 @@ def read_header(path: str, report: Report, cancelled: Cancelled):
     return LoraFile.open(path)
 
 
-def hash_file(path: str, report: Report, cancelled: Cancelled) -> str:
+def hash_file(path: str, report: Report, cancelled: Cancelled) -> tuple[str, tuple[int, int]]:
+    """(sha256, (size, mtime_ns) of the file as it was hashed): the merge reuses the digest while
+    the file's size and mtime still match."""
     from ..core.merge import sha256_file
 
-    return sha256_file(path)
+    info = os.stat(path)
+    return sha256_file(path), (info.st_size, info.st_mtime_ns)
 
 
 def module_norms(path: str, report: Report, cancelled: Cancelled) -> dict[str, float]:

@@ -10,8 +10,7 @@ import os
 
 from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QUndoView,
-                               QWidget)
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QWidget)
 
 from .. import __version__
 from ..core.errors import ZLoraError
@@ -19,6 +18,7 @@ from ..core.presets import PresetStore
 from ..core.recipe import Recipe
 from . import jobs
 from .desktop import app_icon
+from .history_view import HistoryView, undo_redo_actions
 from .impact_view import ImpactView
 from .lora_panel import LoraPanel
 from .merge_worker import MergeController
@@ -89,8 +89,7 @@ class MainWindow(QMainWindow):
         self.preset_dock = self._dock("Presets", "presets", self.presets, Qt.DockWidgetArea.RightDockWidgetArea)
         self.output_dock = self._dock("Output", "output", self.output, Qt.DockWidgetArea.RightDockWidgetArea)
         self.splitDockWidget(self.preset_dock, self.output_dock, Qt.Orientation.Vertical)
-        self.history = QUndoView(self.session.undo_stack)
-        self.history.setEmptyLabel("<opened>")
+        self.history = HistoryView(self.session.history)
         self.history_dock = self._dock("History", "history", self.history, Qt.DockWidgetArea.RightDockWidgetArea)
         self.tabifyDockWidget(self.output_dock, self.history_dock)
         self.output_dock.raise_()
@@ -104,7 +103,7 @@ class MainWindow(QMainWindow):
         self.impact.titleChanged.connect(self.impact_dock.setWindowTitle)
         self.impact_dock.setWindowTitle(self.impact.title)
         self.session.message.connect(self._show_message)
-        self.session.undo_stack.cleanChanged.connect(self._update_title)
+        self.session.historyChanged.connect(self._update_title)
         self.session.recipePathChanged.connect(self._update_title)
         self.session.model.rowsInserted.connect(self._suggest_output)
         self.lora_panel.addFilesRequested.connect(self.ask_add_files)
@@ -161,10 +160,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
 
         edit_menu = bar.addMenu("&Edit")
-        self.undo_action = self.session.undo_stack.createUndoAction(self, "&Undo")
-        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
-        self.redo_action = self.session.undo_stack.createRedoAction(self, "&Redo")
-        self.redo_action.setShortcuts([QKeySequence.StandardKey.Redo, QKeySequence("Ctrl+Y")])
+        self.undo_action, self.redo_action = undo_redo_actions(self.session, self)
         edit_menu.addAction(self.undo_action)
         edit_menu.addAction(self.redo_action)
         edit_menu.addSeparator()
@@ -295,7 +291,7 @@ class MainWindow(QMainWindow):
         self.session.set_output(output=os.path.join(os.path.dirname(first.path), "merged.safetensors"))
 
     def _confirm_discard(self) -> bool:
-        if not self.interactive or self.session.undo_stack.isClean() or not self.session.model.rowCount():
+        if not self.interactive or self.session.history.is_clean() or not self.session.model.rowCount():
             return True
         answer = QMessageBox.question(
             self, "Unsaved changes", "The current list has changes that are not saved in a recipe. Discard them?",
@@ -362,7 +358,7 @@ class MainWindow(QMainWindow):
 
     def _on_demo_written(self, recipe_path: str) -> None:
         self.open_recipe(recipe_path)
-        self.session.recipe_path = ""  # the demo is a starting point, not the user's file
+        self.session.document.recipe_path = ""  # the demo is a starting point, not the user's file
         self._update_title()
         self._show_message("Demo loaded: three small synthetic LoRAs (not full-size Z-Image Turbo)")
 
@@ -409,7 +405,7 @@ class MainWindow(QMainWindow):
     def _update_title(self, *args) -> None:
         name = os.path.basename(self.session.recipe_path) if self.session.recipe_path else "untitled"
         self.setWindowTitle(f"{name}[*] — ZLoRA Desktop")
-        self.setWindowModified(not self.session.undo_stack.isClean())
+        self.setWindowModified(not self.session.history.is_clean())
 
     def _show_message(self, text: str) -> None:
         self.statusBar().showMessage(text, 10000)
