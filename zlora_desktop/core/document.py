@@ -635,9 +635,12 @@ class Document:
         return recipe
 
     def clear(self) -> None:
-        """An empty document with default output settings and no history (File ▸ New)."""
+        """An empty document and no history (File ▸ New); the output's format, method, precision and
+        device stay as chosen (they are the user's habits), its path does not."""
+        out = self.output
         self._entries = []
-        self.output = OutputSettings()
+        self.output = OutputSettings(format=out.format, method=out.method, rank=out.rank, rank_auto=out.rank_auto,
+                                     energy=out.energy, dtype=out.dtype, device=out.device)
         self.recipe_path = ""
         self.history.clear()
         self._emit("reset")

@@ -152,6 +152,11 @@ class History:
     def is_clean(self) -> bool:
         return self._clean == self._index
 
+    def set_modified(self) -> None:
+        """No state of this history is the saved one (a session restored from its autosave)."""
+        self._clean = -1
+        self._changed()
+
     def set_clean(self) -> None:
         self._clean = self._index
         self._changed()

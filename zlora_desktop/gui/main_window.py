@@ -7,17 +7,21 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 
 from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QWidget)
+from PySide6.QtWidgets import (QAbstractSpinBox, QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow,
+                               QMessageBox, QWidget)
 
 from .. import __version__
+from ..core import paths
 from ..core.errors import ZLoraError
 from ..core.presets import PresetStore
 from ..core.recipe import Recipe
 from . import jobs
 from .desktop import app_icon
+from .autosave import Autosave
 from .history_view import HistoryView, undo_redo_actions
 from .impact_view import ImpactView
 from .lora_panel import LoraPanel
@@ -27,6 +31,7 @@ from .preset_panel import PresetPanel
 from .session import Session
 from .settings import Settings, demo_folder
 from .tasks import TaskRunner
+from .tooltips import WrappingTooltips
 from .weight_editor import WeightEditor
 from .compat import keep_singletons_alive
 
@@ -34,8 +39,9 @@ log = logging.getLogger(__name__)
 
 keep_singletons_alive()  # before any widget exists (see compat.py)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: History beside Presets
 LORA_SUFFIX = ".safetensors"
+AUTOSAVE_FILE = "autosave.json"
 
 
 class _ExposeWatcher(QObject):
@@ -78,9 +84,10 @@ class MainWindow(QMainWindow):
         self.setCorner(Qt.Corner.TopRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
 
+        # Created in the order Tab visits them: the list, the editor, the impact view, presets, output.
+        self.lora_panel = LoraPanel(self.session)
         self.editor = WeightEditor(self.session)
         self.setCentralWidget(self.editor)
-        self.lora_panel = LoraPanel(self.session)
         self.impact = ImpactView(self.session)
         self.presets = PresetPanel(self.session, lambda: self.settings.folder("presets"))
         self.output = OutputPanel(self.session, self.merge_controller)
@@ -91,12 +98,15 @@ class MainWindow(QMainWindow):
         self.splitDockWidget(self.preset_dock, self.output_dock, Qt.Orientation.Vertical)
         self.history = HistoryView(self.session.history)
         self.history_dock = self._dock("History", "history", self.history, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.tabifyDockWidget(self.output_dock, self.history_dock)
-        self.output_dock.raise_()
+        # Beside the presets, never over the output panel: opening History must not hide Merge.
+        self.tabifyDockWidget(self.preset_dock, self.history_dock)
+        self.preset_dock.raise_()
         self.history_dock.hide()
+        self.autosave = Autosave(self.session, paths.user_data_dir() / AUTOSAVE_FILE, self)
+        self._tooltips = WrappingTooltips(self)
 
-        self.device_label = QLabel("torch: not loaded")
-        self.device_label.setToolTip("torch is imported in the background after the window appears")
+        self.device_label = QLabel("starting the merge engine…")
+        self.device_label.setToolTip("torch, the engine's maths library, loads in the background after the window appears")
         self.statusBar().addPermanentWidget(self.device_label)
         self._build_menus()
 
@@ -109,6 +119,8 @@ class MainWindow(QMainWindow):
         self.lora_panel.addFilesRequested.connect(self.ask_add_files)
         self.lora_panel.addFolderRequested.connect(self.ask_add_folder)
         self.output.browseRequested.connect(self.ask_output)
+        self.output.mergeRequested.connect(self.merge)
+        self.output.revealFailed.connect(self._show_message)
         self.presets.folderUsed.connect(lambda folder: self.settings.set_folder("presets", folder))
         self._restore_output_choices()
         self._restore_layout()
@@ -116,6 +128,7 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)  # threads are stopped even without a closeEvent
+            app.installEventFilter(self._tooltips)
 
     def _dock(self, title: str, name: str, widget: QWidget, area) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -149,34 +162,104 @@ class MainWindow(QMainWindow):
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addAction(self._action("&Save recipe", self.ask_save_recipe, QKeySequence.StandardKey.Save))
         file_menu.addAction(self._action("Save recipe &as…", lambda: self.ask_save_recipe(choose=True),
-                                         QKeySequence.StandardKey.SaveAs))
+                                         QKeySequence("Ctrl+Shift+S")))
         file_menu.addSeparator()
-        file_menu.addAction(self._action("Add &LoRAs…", self.ask_add_files, "Ctrl+L"))
-        file_menu.addAction(self._action("Add &folder…", self.ask_add_folder, "Ctrl+Shift+L"))
-        file_menu.addAction(self._action("Choose o&utput…", self.ask_output))
-        self.merge_action = self._action("&Merge", self.output.start_merge, "Ctrl+M")
-        file_menu.addAction(self.merge_action)
-        file_menu.addSeparator()
-        file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
+        file_menu.addAction(self._action("&Quit", self.close, QKeySequence("Ctrl+Q")))
 
         edit_menu = bar.addMenu("&Edit")
         self.undo_action, self.redo_action = undo_redo_actions(self.session, self)
         edit_menu.addAction(self.undo_action)
         edit_menu.addAction(self.redo_action)
         edit_menu.addSeparator()
-        edit_menu.addAction(self._action("Reset the selected LoRA's weights", self.editor.reset_all))
-        edit_menu.addAction(self._action("Copy its weights to all LoRAs", self.editor.copy_to_all))
+        edit_menu.addAction(self._action("Reset &this LoRA's weights", self.editor.reset_all, "Ctrl+Shift+R",
+                                         "Every weight of the selected LoRA back to 1"))
+        edit_menu.addAction(self._action("&Copy its weights to all LoRAs", self.editor.copy_to_all))
+
+        lora_menu = bar.addMenu("&LoRAs")
+        lora_menu.addAction(self._action("&Add LoRAs…", self.ask_add_files, "Ctrl+L"))
+        lora_menu.addAction(self._action("Add &folder…", self.ask_add_folder, "Ctrl+Shift+L"))
+        # Delete and Alt+Up/Down act in the list itself (in the weight grid Delete resets cells):
+        # the menu names the keys without taking them from the other panels.
+        lora_menu.addAction(self._action("&Remove selected\tDel", self.lora_panel.remove_selected))
+        lora_menu.addAction(self._action("Move &up\tAlt+Up", lambda: self.session.move(self.session.current_id, -1)))
+        lora_menu.addAction(self._action("Move do&wn\tAlt+Down", lambda: self.session.move(self.session.current_id, 1)))
+        lora_menu.addAction(self._action("&Include or leave out the selected LoRA", self._toggle_current,
+                                         "Ctrl+I"))
+
+        merge_menu = bar.addMenu("&Merge")
+        self.merge_action = self._action("&Merge", self.merge, "Ctrl+M", "Write the merged LoRA")
+        merge_menu.addAction(self.merge_action)
+        merge_menu.addAction(self._action("&Cancel merge", self.output.cancel_merge, "Ctrl+.",
+                                          "Stop the running merge; nothing is written"))
+        merge_menu.addAction(self._action("Choose &output file…", self.ask_output, "Ctrl+Shift+O"))
+        merge_menu.addAction(self._action("&Show the result in its folder", self.output.show_in_folder))
 
         view_menu = bar.addMenu("&View")
+        self.panels = [(self.lora_dock, self.lora_panel), (None, self.editor), (self.impact_dock, self.impact),
+                       (self.preset_dock, self.presets), (self.output_dock, self.output),
+                       (self.history_dock, self.history)]
+        names = ("&LoRAs", "&Weights", "&Impact", "&Presets", "&Output", "&History")
+        for number, ((dock, panel), name) in enumerate(zip(self.panels, names), start=1):
+            view_menu.addAction(self._action(f"Go to {name}", lambda _c=False, p=panel: self.focus_panel(p),
+                                             f"Ctrl+{number}"))
+        view_menu.addAction(self._action("&Next panel", lambda: self.cycle_panels(1), "F6"))
+        view_menu.addAction(self._action("Pre&vious panel", lambda: self.cycle_panels(-1), "Shift+F6"))
+        view_menu.addSeparator()
         for dock in (self.lora_dock, self.impact_dock, self.preset_dock, self.output_dock, self.history_dock):
             view_menu.addAction(dock.toggleViewAction())
         view_menu.addSeparator()
         view_menu.addAction(self._action("Reset &layout", self.reset_layout))
 
         help_menu = bar.addMenu("&Help")
+        help_menu.addAction(self._action("&Weight syntax", self._show_weight_syntax,
+                                         QKeySequence.StandardKey.HelpContents))
         help_menu.addAction(self._action("Load &demo LoRAs", self.load_demo,
                                          tip="Generate small sample LoRAs and a recipe to try everything"))
         help_menu.addAction(self._action("&About ZLoRA Desktop", self._about))
+
+    # ---- keyboard: panels ------------------------------------------------------------------------
+
+    def focus_panel(self, panel: QWidget) -> None:
+        """Show a panel (its dock raised if tabbed or hidden) and put the keyboard focus in it."""
+        dock = next((d for d, p in self.panels if p is panel), None)
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+        target = panel.focusProxy() or panel
+        if target.focusPolicy() & Qt.FocusPolicy.TabFocus and target.isEnabled():
+            target.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        else:
+            # The panel's first focusable child, in Tab order.
+            widget = panel.nextInFocusChain()
+            while widget is not panel and widget is not None:
+                if (panel.isAncestorOf(widget) and widget.isVisible() and widget.isEnabled()
+                        and widget.focusPolicy() & Qt.FocusPolicy.TabFocus):
+                    widget.setFocus(Qt.FocusReason.ShortcutFocusReason)
+                    return
+                widget = widget.nextInFocusChain()
+
+    def panel_of(self, widget: QWidget | None) -> QWidget | None:
+        for _dock, panel in self.panels:
+            if widget is not None and (widget is panel or panel.isAncestorOf(widget)):
+                return panel
+        return None
+
+    def cycle_panels(self, step: int) -> None:
+        """F6 / Shift+F6: the next (previous) visible panel, as in most editors."""
+        visible = [p for d, p in self.panels if d is None or d.isVisible()]
+        current = self.panel_of(QApplication.focusWidget())
+        index = visible.index(current) if current in visible else -step
+        self.focus_panel(visible[(index + step) % len(visible)])
+
+    def _toggle_current(self) -> None:
+        entry = self.session.current()
+        if entry is not None:
+            self.session.set_enabled(entry.id, not entry.enabled)
+
+    def _show_weight_syntax(self) -> None:
+        from .weight_editor import show_weight_syntax
+
+        show_weight_syntax(self)
 
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
@@ -216,7 +299,32 @@ class MainWindow(QMainWindow):
         # Only now: these import torch or read files, on workers, after the window is up.
         self.tasks.start("devices", jobs.probe_devices, on_result=self._on_devices,
                          on_failed=self._on_devices_failed)
+        self.focus_panel(self.lora_panel)  # the first step is adding LoRAs, not the editor's tab bar
+        if self.interactive and not self._startup_paths and not self._startup_demo:
+            QTimer.singleShot(0, self.offer_autosave)
         self._load_startup_files()
+
+    def offer_autosave(self) -> bool:
+        """Offer the work a previous run left unsaved (it crashed or was killed); True when reopened."""
+        saved = self.autosave.pending()
+        if saved is None:
+            return False
+        when = time.strftime("%d %b %H:%M", time.localtime(saved.written)) if saved.written else "an earlier run"
+        name = os.path.basename(saved.recipe_path) if saved.recipe_path else "an unsaved recipe"
+        count = len(saved.recipe.inputs)
+        box = QMessageBox(QMessageBox.Icon.Question, "Reopen unsaved work?",
+                          f"ZLoRA Desktop closed with unsaved changes to {name} "
+                          f"({count} LoRA{'s' if count != 1 else ''}, {when}). Reopen them?", parent=self)
+        reopen = box.addButton("Reopen", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton("Discard", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(reopen)
+        box.exec()
+        if box.clickedButton() is not reopen:
+            self.autosave.discard()
+            return False
+        self.autosave.restore(saved)
+        self._show_message("Reopened the unsaved work of the last session")
+        return True
 
     def startup(self, paths: list[str] | None = None, demo: bool = False) -> None:
         """What to load once the window is shown (command line files or --demo)."""
@@ -281,7 +389,8 @@ class MainWindow(QMainWindow):
             if not path.lower().endswith(LORA_SUFFIX):
                 path += LORA_SUFFIX
             self.settings.set_folder("output", os.path.dirname(path))
-            self.session.set_output(output=os.path.abspath(path))
+            # The save dialog asked before replacing an existing file: this one may be overwritten.
+            self.session.set_output(output=os.path.abspath(path), output_confirmed=True)
 
     def _suggest_output(self, *args) -> None:
         """With no output chosen yet, propose merged.safetensors beside the first input."""
@@ -290,17 +399,48 @@ class MainWindow(QMainWindow):
         first = self.session.model.entry_at(0)
         self.session.set_output(output=os.path.join(os.path.dirname(first.path), "merged.safetensors"))
 
+    def commit_edits(self) -> bool:
+        """Merge, save, open, new and quit first commit whatever editor is open, so that they act on
+        what the screen shows; text that does not parse blocks the action (its message is shown)."""
+        focus = QApplication.focusWidget()
+        if isinstance(focus, QAbstractSpinBox):
+            focus.interpretText()
+        for panel in (self.lora_panel, self.editor, self.output):
+            commit = getattr(panel, "commit_pending", None)
+            problem = commit() if commit is not None else None
+            if problem:
+                self._show_message(f"Not applied: {problem}")
+                if self.interactive:
+                    QMessageBox.warning(self, "Not applied", f"{problem}\n\nCorrect it, or undo the edit, first.")
+                return False
+        return True
+
     def _confirm_discard(self) -> bool:
+        """True when the current document may be replaced: its changes are saved, or the user says so."""
+        if not self.commit_edits():
+            return False
         if not self.interactive or self.session.history.is_clean() or not self.session.model.rowCount():
             return True
-        answer = QMessageBox.question(
-            self, "Unsaved changes", "The current list has changes that are not saved in a recipe. Discard them?",
-            QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel)
+        name = os.path.basename(self.session.recipe_path) if self.session.recipe_path else "this recipe"
+        box = QMessageBox(QMessageBox.Icon.Warning, "Unsaved changes",
+                          f"Save the changes to {name} first?",
+                          QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                          | QMessageBox.StandardButton.Cancel, self)
+        box.setInformativeText("Without saving, the changes since the last save are lost.")
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+        answer = box.exec()
+        if answer == QMessageBox.StandardButton.Save:
+            return self.ask_save_recipe()
         return answer == QMessageBox.StandardButton.Discard
 
     def ask_new(self) -> None:
         if self._confirm_discard():
             self.session.new_document()
+            self.autosave.discard()
+
+    def merge(self) -> bool:
+        """Merge ▸ Merge and the Merge button: commit open edits, then merge what they say."""
+        return self.commit_edits() and self.output.start_merge()
 
     def ask_open_recipe(self, path: str | None = None) -> None:
         if not self._confirm_discard():
@@ -327,6 +467,8 @@ class MainWindow(QMainWindow):
         return True
 
     def ask_save_recipe(self, choose: bool = False) -> bool:
+        if not self.commit_edits():
+            return False
         path = self.session.recipe_path
         if choose or not path:
             suggestion = path or os.path.join(self.settings.folder("recipes"), "recipe.json")
@@ -345,6 +487,7 @@ class MainWindow(QMainWindow):
             return False
         self.settings.add_recent_recipe(path)
         self.settings.set_folder("recipes", os.path.dirname(os.path.abspath(path)))
+        self.autosave.discard()
         self._show_message(f"Saved {path}")
         return True
 
@@ -419,8 +562,8 @@ class MainWindow(QMainWindow):
             self.addDockWidget(area, dock)
             dock.show()
         self.splitDockWidget(self.preset_dock, self.output_dock, Qt.Orientation.Vertical)
-        self.tabifyDockWidget(self.output_dock, self.history_dock)
-        self.output_dock.raise_()
+        self.tabifyDockWidget(self.preset_dock, self.history_dock)
+        self.preset_dock.raise_()
         self.history_dock.hide()
         self._default_sizes()
 
@@ -483,6 +626,9 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         if self.interactive:
+            if not self.commit_edits():
+                event.ignore()
+                return
             if self.merge_controller.busy:
                 answer = QMessageBox.question(self, "Merge running", "A merge is running. Cancel it and quit?")
                 if answer != QMessageBox.StandardButton.Yes:
@@ -494,6 +640,8 @@ class MainWindow(QMainWindow):
         self._save_layout()
         self._save_output_choices()
         self.settings.sync()
+        if self.interactive:
+            self.autosave.discard()  # saved, or the user chose to discard: nothing to offer next time
         self.shutdown()
         super().closeEvent(event)
 

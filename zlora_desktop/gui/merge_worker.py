@@ -28,10 +28,11 @@ class MergeWorker(QObject):
     cancelled = Signal()
     finished = Signal()
 
-    def __init__(self, recipe: Recipe, presets=None):
+    def __init__(self, recipe: Recipe, presets=None, known_digests: dict | None = None):
         super().__init__()
         self._recipe = recipe
         self._presets = presets
+        self._known_digests = known_digests or {}  # inputs the app hashed already: not read again
         self._cancel = threading.Event()
         self._home = QThread.currentThread()  # the GUI thread, where the worker goes back to die
 
@@ -90,11 +91,11 @@ class MergeController(QObject):
     def cancelling(self) -> bool:
         return self._worker is not None and self._cancel_requested
 
-    def start(self, recipe: Recipe, presets=None) -> bool:
+    def start(self, recipe: Recipe, presets=None, known_digests: dict | None = None) -> bool:
         """Start a merge; False (and nothing started) when one is still running."""
         if self._worker is not None:
             return False
-        worker = MergeWorker(recipe, presets)
+        worker = MergeWorker(recipe, presets, known_digests)
         worker.moveToThread(self._thread)
         worker.progress.connect(self._on_progress)
         worker.succeeded.connect(self._on_succeeded)

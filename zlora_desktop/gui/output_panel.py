@@ -12,25 +12,43 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
                                QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
                                QWidget)
 
-from ..core import keys
+from ..core import options
 from ..core.errors import ZLoraError
 from .desktop import reveal_in_folder
 from .entries import human_size
 
 log = logging.getLogger(__name__)
 
-FORMATS = (("aitoolkit", "AI-Toolkit (lora_A/B)"), ("kohya", "kohya / musubi"),
-           ("comfyui", "ComfyUI (fused qkv)"), ("diffusers", "diffusers / PEFT"))
-METHODS = (("exact", "Exact (ranks concatenated)"), ("svd", "SVD (compressed)"))
-DTYPES = (("auto", "Auto (as the inputs)"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp32", "fp32"))
-DEVICES = (("auto", "Auto"), ("cuda", "CUDA"), ("mps", "MPS (Apple)"), ("cpu", "CPU"))
+WARNING_STYLE = "color: #b26a00;"
+ERROR_COLOUR = "#c62828"
 
 
-def _combo(items) -> QComboBox:
+def _combo(items: dict[str, str]) -> QComboBox:
     combo = QComboBox()
-    for data, label in items:
+    for data, label in items.items():
         combo.addItem(label, data)
     return combo
+
+
+def free_name(path: str) -> str:
+    """``path`` if nothing is there, else the first free ``name-2.safetensors``, ``name-3…``."""
+    if not os.path.exists(path):
+        return path
+    stem, suffix = os.path.splitext(path)
+    number = 2
+    while os.path.exists(f"{stem}-{number}{suffix}"):
+        number += 1
+    return f"{stem}-{number}{suffix}"
+
+
+def _note(style: str = "") -> QLabel:
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setTextFormat(Qt.TextFormat.RichText)
+    if style:
+        label.setStyleSheet(style)
+    label.hide()
+    return label
 
 
 def _select(combo: QComboBox, data) -> None:
@@ -43,7 +61,9 @@ def _select(combo: QComboBox, data) -> None:
 
 class OutputPanel(QWidget):
     browseRequested = Signal()
+    mergeRequested = Signal()  # the Merge button: the window commits open editors, then merges
     mergeFinished = Signal(str)  # "ok" | "failed" | "cancelled"
+    revealFailed = Signal(str)
 
     def __init__(self, session, controller, parent=None):
         super().__init__(parent)
@@ -65,15 +85,18 @@ class OutputPanel(QWidget):
         path_row.setContentsMargins(0, 0, 0, 0)
         path_row.addWidget(self.path, 1)
         path_row.addWidget(browse)
-        self.path_note = QLabel()
-        self.path_note.setWordWrap(True)
-        self.path_note.hide()
+        self.path_note = _note()
+        self.create_folder_button = QPushButton("Create folder")
+        self.create_folder_button.setToolTip("Create the output file's folder")
+        self.create_folder_button.clicked.connect(self.create_output_folder)
+        self.create_folder_button.hide()
 
-        self.format = _combo(FORMATS)
+        self.format = _combo(options.FORMATS)
         self.format.setToolTip("Key layout of the output file; every loader reads its alpha as 1")
-        for fmt, (_, caveat) in keys.FORMAT_CAVEATS.items():  # shown on the item, before a merge says it
+        for fmt, (_, caveat) in options.FORMAT_CAVEATS.items():  # on the item, and under the box once chosen
             self.format.setItemData(self.format.findData(fmt), caveat, Qt.ItemDataRole.ToolTipRole)
-        self.method = _combo(METHODS)
+        self.format_note = _note(WARNING_STYLE)
+        self.method = _combo(options.METHODS)
         self.method.setToolTip("Exact keeps every term (ranks add up); SVD compresses the exact sum, "
                                "computed from the factors, to a rank or to an energy fraction")
         self.rank = QSpinBox()
@@ -96,11 +119,12 @@ class OutputPanel(QWidget):
         rank_row.addStretch(1)
         self.rank_row = QWidget()
         self.rank_row.setLayout(rank_row)
-        self.dtype = _combo(DTYPES)
+        self.rank_note = _note(WARNING_STYLE)
+        self.dtype = _combo(options.DTYPES)
         self.dtype.setToolTip("Precision of the output; auto follows the inputs (fp32 when they differ)")
-        self.device = _combo(DEVICES)
+        self.device = _combo(options.DEVICES)
         self.device.setToolTip("Where the arithmetic runs; auto picks CUDA, then MPS, then the CPU")
-        self.device_note = QLabel("checking…")
+        self.device_note = QLabel("looking for GPUs…")
         self.device_note.setToolTip("Devices torch can use on this machine")
         device_row = QHBoxLayout()
         device_row.setContentsMargins(0, 0, 0, 0)
@@ -119,20 +143,20 @@ class OutputPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop between two modules; nothing is written")
         self.cancel_button.setEnabled(False)
-        self.merge_button.clicked.connect(self.start_merge)
+        self.merge_button.clicked.connect(self.mergeRequested)
         self.cancel_button.clicked.connect(self.cancel_merge)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setTextVisible(True)
-        self.progress.setFormat("idle")
+        self.progress.setFormat("")
         self.result = QLabel()
         self.result.setWordWrap(True)
         self.result.setTextFormat(Qt.TextFormat.RichText)
         self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.show_button = QPushButton("Show in folder")
         self.show_button.setEnabled(False)
-        self.show_button.clicked.connect(self._show_in_folder)
+        self.show_button.clicked.connect(self.show_in_folder)
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(2000)
@@ -145,13 +169,19 @@ class OutputPanel(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         form.setVerticalSpacing(3)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        form.addRow("Output:", path_row)
-        form.addRow("", self.path_note)
-        form.addRow("Format:", self.format)
-        form.addRow("Method:", self.method)
-        form.addRow("Rank:", self.rank_row)
-        form.addRow("Precision:", precision_row)
-        form.addRow("Device:", device_row)
+        path_note_row = QHBoxLayout()
+        path_note_row.setContentsMargins(0, 0, 0, 0)
+        path_note_row.addWidget(self.path_note, 1)
+        path_note_row.addWidget(self.create_folder_button, 0, Qt.AlignmentFlag.AlignTop)
+        form.addRow("&Output:", path_row)
+        form.addRow("", path_note_row)
+        form.addRow("&Format:", self.format)
+        form.addRow("", self.format_note)
+        form.addRow("M&ethod:", self.method)
+        form.addRow("&Rank:", self.rank_row)
+        form.addRow("", self.rank_note)
+        form.addRow("&Precision:", precision_row)
+        form.addRow("De&vice:", device_row)
         actions = QHBoxLayout()
         actions.setContentsMargins(0, 0, 0, 0)
         actions.addWidget(self.merge_button, 2)
@@ -179,7 +209,7 @@ class OutputPanel(QWidget):
         session.outputChanged.connect(self.show_settings)
         session.model.rowsInserted.connect(self._update_state)
         session.model.rowsRemoved.connect(self._update_state)
-        session.model.modelReset.connect(self._update_state)
+        session.model.modelReset.connect(self.reset_result)
         session.model.entryChanged.connect(self._update_state)
         controller.started.connect(self._on_started)
         controller.progress.connect(self._on_progress)
@@ -223,7 +253,7 @@ class OutputPanel(QWidget):
         for index in range(self.device.count()):
             data = self.device.itemData(index)
             item = self.device.model().item(index)
-            label = dict(DEVICES)[data]
+            label = options.DEVICES[data]
             if data == "auto":
                 item.setText(f"Auto ({auto.upper() if auto != 'mps' else 'MPS'})")
             elif data not in available:
@@ -240,18 +270,63 @@ class OutputPanel(QWidget):
 
     def _update_state(self, *args) -> None:
         busy = self.controller.busy
-        clash = self.session.output_clash()
-        output = self.session.output.output
-        if clash:
-            self.path_note.setText(f"<span style='color:#c62828'>Not allowed: {html.escape(clash)}</span>")
-            self.path_note.show()
-        else:
-            self.path_note.hide()
+        self._show_path_note()
+        caveat = options.FORMAT_CAVEATS.get(self.session.output.format)
+        self._set_note(self.format_note, html.escape(caveat[1]) if caveat else "")
+        note = self.session.document.svd_note()
+        self._set_note(self.rank_note, html.escape(note) if note else "")
         usable = any(e.merged for e in self.session.model.entries)
-        self.merge_button.setEnabled(not busy and usable and bool(output) and not clash)
+        output = self.session.output.output
+        self.merge_button.setEnabled(not busy and usable and bool(output) and not self.session.output_clash())
         self.cancel_button.setEnabled(busy and not self.controller.cancelling)
         for widget in (self.format, self.method, self.rank_row, self.dtype, self.device, self.path):
             widget.setEnabled(not busy and (widget is not self.rank_row or self.session.output.method == "svd"))
+        if not busy and self.last_outcome in ("", "reset"):
+            self.progress.setFormat("Ready to merge" if usable and output else
+                                    "Add LoRAs to merge" if not usable else "Choose an output file")
+
+    @staticmethod
+    def _set_note(label: QLabel, text: str) -> None:
+        label.setText(text)
+        label.setVisible(bool(text))
+
+    def _show_path_note(self) -> None:
+        """Say before the merge what it will do with the path: refuse, create a folder, or number the name."""
+        output = self.session.output.output
+        clash = self.session.output_clash()
+        folder = os.path.dirname(output) if output else ""
+        missing_folder = bool(output) and not clash and not os.path.isdir(folder)
+        if clash:
+            text = f"<span style='color:{ERROR_COLOUR}'>Not allowed: {html.escape(clash)}</span>"
+        elif missing_folder:
+            text = f"The folder {html.escape(folder)} does not exist."
+        elif output and os.path.exists(output) and not self.session.output.output_confirmed:
+            text = (f"{html.escape(os.path.basename(output))} exists: the merge writes "
+                    f"<b>{html.escape(os.path.basename(free_name(output)))}</b> beside it. To replace it, "
+                    f"choose it with “…”.")
+        else:
+            text = ""
+        self._set_note(self.path_note, text)
+        self.create_folder_button.setVisible(missing_folder)
+
+    def create_output_folder(self) -> None:
+        folder = os.path.dirname(self.session.output.output)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            self.log(f"cannot create {folder}: {exc.strerror or exc}", error=True)
+        self._update_state()
+
+    def reset_result(self, *args) -> None:
+        """A new or opened document: no result, log or progress of an earlier merge is shown."""
+        self.last_report = None
+        self.last_outcome = "reset"
+        self.result.clear()
+        self.show_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.log_view.clear()
+        self._update_state()
 
     # ---- merging ---------------------------------------------------------------------------------
 
@@ -270,14 +345,23 @@ class OutputPanel(QWidget):
             return False
         try:
             recipe = self.session.merge_recipe()
+            folder = os.path.dirname(recipe.output)
+            if not os.path.isdir(folder):
+                raise ZLoraError(f"the folder {folder} does not exist: create it (Create folder) or choose "
+                                 f"another output file")
         except ZLoraError as exc:
             self.log(f"cannot merge: {exc}", error=True)
-            self._set_result(f"<span style='color:#c62828'>Cannot merge: {html.escape(str(exc))}</span>")
+            self._set_result(f"<span style='color:{ERROR_COLOUR}'>Cannot merge: {html.escape(str(exc))}</span>")
             return False
+        if not self.session.output.output_confirmed and os.path.exists(recipe.output):
+            recipe.output = free_name(recipe.output)  # never replace a file the user did not pick
+            self.log(f"{os.path.basename(self.session.output.output)} exists: writing "
+                     f"{os.path.basename(recipe.output)} instead")
         for entry in self.session.duplicates():
             if entry.merged:
                 self.log(f"note: {entry.name} has the same content as {entry.duplicate_of}; both are merged")
-        return self.controller.start(recipe, presets=self.session.store)
+        return self.controller.start(recipe, presets=self.session.store,
+                                     known_digests=self.session.document.known_digests())
 
     def cancel_merge(self) -> None:
         if self.controller.busy:
@@ -334,7 +418,7 @@ class OutputPanel(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("failed")
         self.log(message, error=True)
-        self._set_result(f"<span style='color:#c62828'>Merge failed: {html.escape(message)}</span>")
+        self._set_result(f"<span style='color:{ERROR_COLOUR}'>Merge failed: {html.escape(message)}</span>")
         self.session.message.emit(f"Merge failed: {message}")
         self.mergeFinished.emit("failed")
 
@@ -351,6 +435,8 @@ class OutputPanel(QWidget):
     def _set_result(self, text: str) -> None:
         self.result.setText(text)
 
-    def _show_in_folder(self) -> None:
-        if self.last_report is not None:
-            reveal_in_folder(self.last_report.output)
+    def show_in_folder(self) -> None:
+        if self.last_report is not None and not reveal_in_folder(self.last_report.output):
+            message = f"Could not open a file manager for {self.last_report.output}"
+            self.log(message, error=True)
+            self.revealFailed.emit(message)
