@@ -51,6 +51,7 @@ class Autosave(QObject):
         data = document.to_recipe().to_json(self.path.parent)
         data[AUTOSAVE_KEY] = {"recipe_path": document.recipe_path, "written": time.time()}
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps(data, indent=2) + "\n")
         except OSError as exc:  # a full disk must not disturb the editing
             log.warning("autosave to %s failed: %s", self.path, exc)

@@ -205,8 +205,11 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self._action("&Next panel", lambda: self.cycle_panels(1), "F6"))
         view_menu.addAction(self._action("Pre&vious panel", lambda: self.cycle_panels(-1), "Shift+F6"))
         view_menu.addSeparator()
+        shown = view_menu.addMenu("&Show panel")
         for dock in (self.lora_dock, self.impact_dock, self.preset_dock, self.output_dock, self.history_dock):
-            view_menu.addAction(dock.toggleViewAction())
+            toggle = dock.toggleViewAction()
+            toggle.setText("&" + dock.windowTitle())
+            shown.addAction(toggle)
         view_menu.addSeparator()
         view_menu.addAction(self._action("Reset &layout", self.reset_layout))
 
