@@ -19,3 +19,9 @@ class CancelledError(ZLoraError):
 
     def __init__(self) -> None:
         super().__init__("cancelled")
+
+
+def one_line(exc: BaseException) -> str:
+    """A library's error as one line (its messages may span several), never empty."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

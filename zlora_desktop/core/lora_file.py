@@ -13,10 +13,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from . import keys, model
-from .errors import ZLoraError
+from . import dtypes, keys, model
+from .errors import ZLoraError, one_line
 from .recipe import RECIPE_METADATA_KEY
-from .st_header import DTYPE_NAMES, Header, read_header, read_scalar
+from .st_header import Header, read_header, read_scalar
 
 FUSED_SUFFIX = "." + keys.FUSED_QKV
 
@@ -72,7 +72,7 @@ class LoraFile:
             groups.setdefault(key.module, {}).setdefault(key.part, []).append(name)
         notes: list[str] = []
         modules: dict[str, ModuleInfo] = {}
-        peft_alpha = _PeftAlpha(header.metadata)
+        peft_alpha = _PeftAlpha(header.metadata, path)
 
         fused = sorted(m for m in groups if m.endswith(FUSED_SUFFIX))
         for module in sorted((m for m in groups if not m.endswith(FUSED_SUFFIX)), key=model.module_order):
@@ -124,8 +124,8 @@ class LoraFile:
         """
         info = self.modules[module]
         handle = self._handle()
-        down = handle.get_tensor(info.key_a)
-        up = handle.get_tensor(info.key_b)
+        down = self._read(handle, info.key_a)
+        up = self._read(handle, info.key_b)
         if info.fused_part is not None:
             rows = info.shape[0]
             up = up[info.fused_part * rows:(info.fused_part + 1) * rows]
@@ -138,16 +138,30 @@ class LoraFile:
             raise ZLoraError(f"module {module} holds NaN or Inf values", self.path)
         return down, up, info.scale
 
+    def _read(self, handle, key: str):
+        # The header was validated on opening; what can still fail here (the file changed or went
+        # away since, a disk error, a library limit) is told as this file's problem, in one line.
+        try:
+            return handle.get_tensor(key)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors and torch raise several kinds
+            raise ZLoraError(f"cannot read tensor {key!r} ({one_line(exc)})", self.path) from None
+
     def _handle(self):
         handle = getattr(self, "_safe_handle", None)
         if handle is None:
             from safetensors import safe_open
 
-            # pread avoids the copy-on-write page faults of the default memory map.
             try:
-                handle = safe_open(self.path, framework="pt", device="cpu", backend="pread")
-            except TypeError:  # safetensors without the backend option
-                handle = safe_open(self.path, framework="pt", device="cpu")
+                try:  # pread avoids the copy-on-write page faults of the default memory map.
+                    handle = safe_open(self.path, framework="pt", device="cpu", backend="pread")
+                except TypeError:  # safetensors without the backend option
+                    handle = safe_open(self.path, framework="pt", device="cpu")
+            except MemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the file changed since it was opened, or went away
+                raise ZLoraError(f"cannot read tensors ({one_line(exc)})", self.path) from None
             self._safe_handle = handle
         return handle
 
@@ -199,30 +213,52 @@ def _all_finite(tensor) -> bool:
 
 
 class _PeftAlpha:
-    """Alpha from the diffusers ``lora_adapter_metadata`` header (PEFT LoraConfig fields)."""
+    """Alpha from the diffusers ``lora_adapter_metadata`` header (PEFT LoraConfig fields).
 
-    def __init__(self, metadata: dict[str, str]):
+    The header is the file's own text: a value of the wrong type is refused by name, like any
+    other damage, rather than failing somewhere inside the arithmetic.
+    """
+
+    def __init__(self, metadata: dict[str, str], path: str):
         self.config: dict = {}
+        self.path = path
         raw = metadata.get("lora_adapter_metadata")
         if raw:
             try:
                 data = json.loads(raw)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 data = {}
             if isinstance(data, dict):
                 for name, value in data.items():
                     self.config[name.removeprefix("transformer.")] = value
+        patterns = self.config.get("alpha_pattern") or {}
+        if not isinstance(patterns, dict):
+            self._refuse("alpha_pattern must be an object")
+        self.patterns = []
+        for pattern, value in patterns.items():
+            try:
+                self.patterns.append((re.compile(rf"(.*\.)?({pattern})$"), self._number(value, "alpha_pattern")))
+            except re.error:
+                self._refuse(f"alpha_pattern {pattern[:60]!r} is not a valid pattern")
+
+    def _refuse(self, problem: str):
+        raise ZLoraError(f"corrupt lora_adapter_metadata ({problem})", self.path)
+
+    def _number(self, value: object, field: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self._refuse(f"{field} must be a finite number, got {json.dumps(value)[:60]}")
+        return float(value)
 
     def alpha_for(self, module: str) -> tuple[float | None, bool]:
         """(alpha, rslora) for a module, or (None, False) without a header."""
         if "lora_alpha" not in self.config:
             return None, False
-        alpha = self.config["lora_alpha"]
-        for pattern, value in (self.config.get("alpha_pattern") or {}).items():
-            if re.match(rf"(.*\.)?({pattern})$", module):
+        alpha = self._number(self.config["lora_alpha"], "lora_alpha")
+        for pattern, value in self.patterns:
+            if pattern.match(module):
                 alpha = value
                 break
-        return float(alpha), bool(self.config.get("use_rslora", False))
+        return alpha, bool(self.config.get("use_rslora", False))
 
 
 def _module_info(header: Header, module: str, parts: dict[str, list[str]], peft_alpha: _PeftAlpha,
@@ -232,6 +268,11 @@ def _module_info(header: Header, module: str, parts: dict[str, list[str]], peft_
         have = "up (B)" if "B" in parts else "down (A)" if "A" in parts else "only alpha"
         raise ZLoraError(f"module {module} is incomplete: it has {have} but not both factors", path)
     key_a, key_b = _pick(parts["A"], module, notes), _pick(parts["B"], module, notes)
+    for key in (key_a, key_b):
+        code = header.tensors[key].dtype
+        if code not in dtypes.FACTOR_CODES:
+            raise ZLoraError(f"module {module}: factor {key} is {code}; LoRA factors are floating point "
+                             f"({', '.join(dtypes.FACTOR_CODES)})", path)
     shape_a, shape_b = header.tensors[key_a].shape, header.tensors[key_b].shape
     if len(shape_a) != 2 or len(shape_b) != 2:
         raise ZLoraError(f"module {module}: factors must be 2-D, got {list(shape_a)} and {list(shape_b)}", path)
@@ -241,11 +282,7 @@ def _module_info(header: Header, module: str, parts: dict[str, list[str]], peft_
             f"module {module}: down {list(shape_a)} and up {list(shape_b)} disagree on the rank", path)
     alpha, rslora = None, False
     if "alpha" in parts:
-        alpha_key = _pick(parts["alpha"], module, notes)
-        try:
-            alpha = read_scalar(header, alpha_key)
-        except ZLoraError:
-            raise
+        alpha = read_scalar(header, _pick(parts["alpha"], module, notes))
         if not math.isfinite(alpha):
             raise ZLoraError(f"module {module} has a non-finite alpha", path)
     else:
@@ -314,7 +351,7 @@ def _layout_name(parsed: dict[str, keys.ParsedKey], fused: list[str], metadata: 
 
 def _dtype_of(header: Header, modules: dict[str, ModuleInfo]) -> str:
     codes = Counter(header.tensors[info.key_b].dtype for info in modules.values())
-    names = [DTYPE_NAMES.get(code, code) for code, _ in codes.most_common()]
+    names = [dtypes.display_name(code) for code, _ in codes.most_common()]
     return names[0] if len(names) == 1 else "mixed: " + ", ".join(names)
 
 
