@@ -83,10 +83,12 @@ def test_overlaps_are_the_engines_block_cosines_with_weights_and_ratio_signs(qtb
 
 
 def test_the_impact_view_says_why_it_is_empty(qtbot, window, samples):
-    assert "Select a LoRA" in window.impact.status.text()
+    assert "Load demo LoRAs" in window.impact.plot.message
     drop_paths(window.lora_panel.view.viewport(), [samples.bad_files[0]])
-    wait_loaded(qtbot, window, 1)
-    assert "Not usable" in window.impact.status.text()
+    (entry,) = wait_loaded(qtbot, window, 1)
+    assert f"{entry.name} is not usable: " in window.impact.plot.message
+    assert entry.error.removeprefix(f"{entry.path}: ") in window.impact.plot.message  # in full
+    assert window.impact.plot.sections == []
     assert window.impact_dock.windowTitle().startswith("Impact — ")
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, QSizeF, Qt, Signal
-from PySide6.QtGui import QBrush, QFont, QFontMetrics, QLinearGradient, QPainter, QPalette, QPixmap
+from PySide6.QtCore import QEvent, QPoint, QPointF, QRectF, QSize, QSizeF, Qt, Signal
+from PySide6.QtGui import QBrush, QFont, QFontMetrics, QLinearGradient, QPainter, QPalette, QPen, QPixmap
 from PySide6.QtWidgets import QLabel, QSizePolicy, QToolTip, QVBoxLayout, QWidget
 
 from ..core import model as zit
-from ..core.analysis import strength_grid
+from ..core.analysis import incomparable_reason, strength_grid
 from .colors import cosine_color, strength_color, text_color_on
+from .tooltips import rich_tooltip
 
 COLUMNS = list(zit.BLOCKS) + [zit.OTHER]
 
@@ -26,7 +27,14 @@ class Section:
     values: dict[tuple[int, int], float] = field(default_factory=dict)  # (row, column) -> value
     tall_other: bool = False  # the "other" column is one cell across all rows
     row_tips: list[str] = field(default_factory=list)
-    pending: bool = False  # computing; drawn as a placeholder
+    pending_rows: set[int] = field(default_factory=set)  # still computing: drawn as a placeholder
+    row_notes: dict[int, str] = field(default_factory=dict)  # why a row has no values (not comparable…)
+
+
+EMPTY_MESSAGE = ("The impact of the selected LoRA shows here: where it acts (‖ΔW‖ per block × component, "
+                 "from its factors), what your weights and ratio leave of it, and where it overlaps the "
+                 "other LoRAs.\n\nDrop .safetensors files or a folder on the window, use Add… in the LoRA "
+                 "list, or Help ▸ Load demo LoRAs to try it.")
 
 
 def _combined(values) -> float:
@@ -42,7 +50,11 @@ class ImpactPlot(QWidget):
         self.strength_max = 0.0
         self.details: dict[tuple[int, int, int], str] = {}  # (section, row, column) -> tooltip
         self.pending_text = "computing from the factors…"
+        self.message = ""  # shown in place of the heat maps when there are none
+        self.cursor: tuple[int, int, int] | None = None  # the cell the arrow keys are on (section, row, column)
         self.setMouseTracking(True)
+        # Tab stops here; the arrow keys then walk the cells and show what each holds.
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         small = QFont(self.font())
         small.setPointSizeF(max(small.pointSizeF() * 0.8, 6.0))
@@ -53,12 +65,16 @@ class ImpactPlot(QWidget):
         self._cache: QPixmap | None = None
         self._pending_areas: list[QRectF] = []
 
-    def set_sections(self, sections: list[Section], strength_max: float, details) -> None:
-        if (sections, strength_max, details) == (self.sections, self.strength_max, self.details):
+    def set_sections(self, sections: list[Section], strength_max: float, details, message: str = "") -> None:
+        if (sections, strength_max, details, message) == (self.sections, self.strength_max, self.details,
+                                                          self.message):
             return
         self.sections = sections
         self.strength_max = strength_max
         self.details = details
+        self.message = message
+        if self.cursor is not None and not self._valid_cell(self.cursor):
+            self.cursor = None
         self.updateGeometry()  # the size hint follows the number of rows
         self._invalidate()
 
@@ -156,13 +172,27 @@ class ImpactPlot(QWidget):
             painter.fillRect(area, palette.color(QPalette.ColorRole.Window))
             painter.setPen(palette.color(QPalette.ColorRole.PlaceholderText))
             painter.drawText(area, Qt.AlignmentFlag.AlignCenter, self.pending_text)
+        if self.hasFocus():  # where the keyboard is: the cursor's cell, or the whole area
+            painter.setPen(QPen(palette.color(QPalette.ColorRole.Highlight), 2))
+            rect = self._cell_rect(self.cursor) if self.cursor is not None else None
+            painter.drawRect(rect.adjusted(-1, -1, 1, 1) if rect is not None else QRectF(self.rect()).adjusted(1, 1, -1, -1))
         painter.end()  # not left to the garbage collector: a painter must end inside paintEvent
 
+    def _paint_message(self, painter: QPainter) -> None:
+        painter.setFont(self.font())
+        painter.setPen(self.palette().color(QPalette.ColorRole.PlaceholderText))
+        margin = self.fontMetrics().height()
+        area = QRectF(self.rect()).adjusted(margin, margin, -margin, -margin)
+        painter.drawText(area, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.message)
+
     def _render(self, painter: QPainter) -> list[QRectF]:
-        """Paint the heat maps; return the areas of sections still computing (drawn by the caller)."""
+        """Paint the heat maps; return the areas of rows still computing (drawn by the caller)."""
         pending_areas = []
         painter.setFont(self.small_font)
         palette = self.palette()
+        if not self.sections:
+            self._paint_message(painter)
+            return pending_areas
         metrics = self._metrics()
         x0, column_width, top, row_height, title_height = self._layout()
         text_colour = palette.color(QPalette.ColorRole.WindowText)
@@ -208,8 +238,15 @@ class ImpactPlot(QWidget):
                               row_height * len(section.rows) - 1)
                 self._paint_cell(painter, section, section.values.get((0, len(COLUMNS) - 1)), rect,
                                  len(COLUMNS) - 1, 0)
-            if section.pending:
-                pending_areas.append(QRectF(x0, y, column_width * len(COLUMNS), row_height * len(section.rows)))
+            for first, count in _runs(section.pending_rows):
+                pending_areas.append(QRectF(x0, y + first * row_height, column_width * len(COLUMNS),
+                                            row_height * count))
+            for row, note in section.row_notes.items():
+                area = QRectF(x0, y + row * row_height, column_width * len(COLUMNS), row_height - 1)
+                painter.fillRect(area, palette.color(QPalette.ColorRole.Window))
+                painter.setPen(palette.color(QPalette.ColorRole.WindowText))
+                painter.drawText(area.adjusted(6, 0, -6, 0), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                                 self._metrics().elidedText(note, Qt.TextElideMode.ElideRight, int(area.width()) - 12))
             y += row_height * len(section.rows) + 4
         self._paint_legends(painter, top + title_height)
         return pending_areas
@@ -260,12 +297,90 @@ class ImpactPlot(QWidget):
             cell = self._cell_at(QPointF(event.pos()))
             text = self.details.get(cell) if cell else None
             if text:
-                QToolTip.showText(event.globalPos(), text, self)
+                QToolTip.showText(event.globalPos(), rich_tooltip(text), self)
             else:
                 QToolTip.hideText()
                 event.ignore()
             return True
         return super().event(event)
+
+    # ---- the keyboard's cell ----------------------------------------------------------------------
+
+    def _valid_cell(self, cell) -> bool:
+        section, row, column = cell
+        return 0 <= section < len(self.sections) and 0 <= row < len(self.sections[section].rows) \
+            and 0 <= column < len(COLUMNS)
+
+    def _cell_rect(self, cell) -> QRectF | None:
+        if cell is None or not self._valid_cell(cell):
+            return None
+        x0, column_width, top, row_height, title_height = self._layout()
+        section_index, row, column = cell
+        y = top
+        for index, section in enumerate(self.sections):
+            y += title_height
+            if index == section_index:
+                if section.tall_other and column == len(COLUMNS) - 1:
+                    return QRectF(x0 + column * column_width, y, column_width - 1, row_height * len(section.rows) - 1)
+                return QRectF(x0 + column * column_width, y + row * row_height, column_width - 1, row_height - 1)
+            y += row_height * len(section.rows) + 4
+        return None
+
+    def focusInEvent(self, event) -> None:
+        if self.cursor is None and self.sections:
+            self.cursor = (0, 0, 0)
+        self.update()
+        super().focusInEvent(event)
+
+    def focusOutEvent(self, event) -> None:
+        QToolTip.hideText()
+        self.update()
+        super().focusOutEvent(event)
+
+    def keyPressEvent(self, event) -> None:
+        moves = {Qt.Key.Key_Left: (0, -1), Qt.Key.Key_Right: (0, 1), Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0)}
+        step = moves.get(event.key())
+        if step is None or not self.sections or event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier:
+            super().keyPressEvent(event)
+            return
+        section, row, column = self.cursor if self.cursor is not None else (0, 0, 0)
+        column = max(0, min(len(COLUMNS) - 1, column + step[1]))
+        row += step[0]
+        if row < 0 and section > 0:  # up and down run through the sections as one column
+            section -= 1
+            row = len(self.sections[section].rows) - 1
+        elif row >= len(self.sections[section].rows) and section < len(self.sections) - 1:
+            section, row = section + 1, 0
+        row = max(0, min(len(self.sections[section].rows) - 1, row))
+        self.move_cursor((section, row, column))
+        event.accept()
+
+    def move_cursor(self, cell) -> None:
+        """Put the keyboard's cell on ``cell`` and show what it holds, as hovering it would."""
+        self.cursor = cell
+        self.update()
+        section = self.sections[cell[0]]
+        lookup = (cell[0], 0, cell[2]) if section.tall_other and cell[2] == len(COLUMNS) - 1 else cell
+        text = self.details.get(lookup) or section.row_notes.get(cell[1]) or self.cell_label(cell)
+        rect = self._cell_rect(cell)
+        QToolTip.showText(self.mapToGlobal(rect.bottomRight().toPoint() + QPoint(2, 2)), rich_tooltip(text), self,
+                          rect.toRect())
+
+    def cell_label(self, cell) -> str:
+        section = self.sections[cell[0]]
+        what = "computing…" if cell[1] in section.pending_rows else "nothing: no such module (or none shared)"
+        return f"{COLUMNS[cell[2]]} · {section.rows[cell[1]]}: {what}"
+
+
+def _runs(rows) -> list[tuple[int, int]]:
+    """Consecutive row numbers as (first, count)."""
+    runs: list[list[int]] = []
+    for row in sorted(rows):
+        if runs and runs[-1][0] + runs[-1][1] == row:
+            runs[-1][1] += 1
+        else:
+            runs.append([row, 1])
+    return [tuple(run) for run in runs]
 
 
 class ImpactView(QWidget):
@@ -277,17 +392,14 @@ class ImpactView(QWidget):
         super().__init__(parent)
         self.session = session
         self.title = "Impact"
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.hide()
         self.plot = ImpactPlot()
         self.summary = QLabel()
         self.summary.setWordWrap(True)
+        self.summary.setTextFormat(Qt.TextFormat.PlainText)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 2, 6, 4)
         layout.setSpacing(2)
-        layout.addWidget(self.status)
         layout.addWidget(self.plot, 1)
         layout.addWidget(self.summary)
         session.analysisChanged.connect(self.refresh)
@@ -299,15 +411,19 @@ class ImpactView(QWidget):
         session.model.modelReset.connect(self.refresh)
         self.effective: dict[str, dict[str, float]] = {}
         self.strength: dict[str, dict[str, float]] = {}
-        self.cosines: dict[int, dict[str, float] | None] = {}
+        self.cosines: dict[int, dict[str, float]] = {}  # other entry id -> per-block cosine, once computed
+        self.not_comparable: dict[int, str] = {}  # other entry id -> why no overlap can be computed
         self.refresh()
 
     def is_ready(self) -> bool:
-        """True when the current entry's norms and every overlap are computed (or nothing to show)."""
+        """True when nothing is left computing for the current entry: its norms and overlaps are
+        known, or could not be had (and the view says why)."""
         entry = self.session.current()
         if entry is None or not entry.usable:
             return entry is None or entry.state != "loading"
-        return entry.norms is not None and all(c is not None for c in self.cosines.values())
+        if self.session.analysis_error(entry.id) is not None:
+            return True
+        return entry.norms is not None and not any(state == "computing" for _, state, _ in self._overlap_rows(entry))
 
     def _show_progress(self) -> None:
         progress = self.session.analysis_progress()
@@ -319,42 +435,63 @@ class ImpactView(QWidget):
             self.title = title
             self.titleChanged.emit(title)
 
-    def _set_status(self, text: str) -> None:
-        self.status.setText(text)
-        self.status.setVisible(bool(text))
+    def _show_message(self, text: str) -> None:
+        self.plot.set_sections([], 0.0, {}, text)
+        self.summary.clear()
 
     def refresh(self, *args) -> None:
         entry = self.session.current()
-        self.strength, self.effective, self.cosines = {}, {}, {}
+        self.strength, self.effective, self.cosines, self.not_comparable = {}, {}, {}, {}
         if entry is None:
             self._set_title("Impact")
-            self._set_status("Select a LoRA to see where it acts, what its weights leave of it, "
-                             "and where it overlaps the others.")
-            self.plot.set_sections([], 0.0, {})
-            self.summary.clear()
+            self._show_message(EMPTY_MESSAGE if not self.session.model.rowCount() else
+                               "Select a LoRA in the list to see where it acts, what its weights leave of it, "
+                               "and where it overlaps the others.")
             return
         self._set_title(f"Impact — {entry.name}")
+        if entry.state == "loading":
+            self._show_message(f"Reading {entry.name}…")
+            return
         if not entry.usable:
-            what = "Reading the file…" if entry.state == "loading" else f"Not usable: {entry.error}"
-            self._set_status(what)
-            self.plot.set_sections([], 0.0, {})
-            self.summary.clear()
+            reason = (entry.error or "").removeprefix(f"{entry.path}: ")
+            self._show_message(f"{entry.name} is not usable: {reason}")
             return
         error = self.session.analysis_error(entry.id)
-        self._set_status(f"<span style='color:#c62828'>{error}</span>" if error else "")
+        if error is not None:
+            self._show_message(f"Could not compute where {entry.name} acts: {error.removeprefix(f'{entry.path}: ')}")
+            return
         self._show_progress()
         sections, details, strength_max = self._sections(entry)
         self.plot.set_sections(sections, strength_max, details)
         self.summary.setText(self._summary(entry))
 
+    def _overlap_rows(self, entry) -> list[tuple[object, str, object]]:
+        """For each other usable entry: (entry, state, data) with state "done" (data: the cosines),
+        "computing", "not comparable" or "failed" (data: the reason)."""
+        overlaps = self.session.overlaps(entry.id)
+        idle = self.session.analysis_progress() is None
+        rows = []
+        for other, cosines in overlaps:
+            if cosines is not None:
+                rows.append((other, "done", cosines))
+                continue
+            reason = incomparable_reason(entry.lora, other.lora)  # from the headers: known at once
+            if reason:
+                rows.append((other, "not comparable", reason))
+            elif idle:  # nothing runs for this entry any more, yet no result: the job failed
+                rows.append((other, "failed", "could not be computed (the status bar said why)"))
+            else:
+                rows.append((other, "computing", None))
+        return rows
+
     def _sections(self, entry):
         details: dict[tuple[int, int, int], str] = {}
         components = list(zit.COMPONENTS)
+        computing = set(range(len(components))) if entry.norms is None else set()
         raw = Section("‖ΔW‖ per block × component, from the factors: where the LoRA acts", components,
-                      "strength", tall_other=True,
-                      pending=entry.norms is None)
+                      "strength", tall_other=True, pending_rows=set(computing))
         weighted = Section(f"× |weight × ratio {entry.ratio:g}|: what goes into the merge", components,
-                           "strength", tall_other=True, pending=entry.norms is None)
+                           "strength", tall_other=True, pending_rows=set(computing))
         strength_max = 0.0
         if entry.norms is not None:
             self.strength = strength_grid(entry.norms)
@@ -385,16 +522,23 @@ class ImpactView(QWidget):
                             f"{block}.{comp}: ‖ΔW‖ = {base:.4g}\n"
                             f"× |weight {factor:g} × ratio {entry.ratio:g}| = {self.effective[block][comp]:.4g}")
         sections = [raw, weighted]
-        overlaps = self.session.overlaps(entry.id)
+        overlaps = self._overlap_rows(entry)
         if overlaps:
-            names = [other.short_name + ("" if other.enabled else " (off)") for other, _ in overlaps]
+            names = [other.short_name + ("" if other.enabled else " (off)") for other, _, _ in overlaps]
             overlap = Section("Overlap with the other LoRAs: cosine of the weighted ΔW per block "
-                              "(red: same direction, blue: they cancel; hatched: nothing shared)", names, "cosine",
-                              pending=any(c is None for _, c in overlaps))
+                              "(red: same direction, blue: they cancel; hatched: nothing shared)", names, "cosine")
             section_index = len(sections)
-            for row, (other, cosines) in enumerate(overlaps):
-                self.cosines[other.id] = cosines
-                for block, value in (cosines or {}).items():
+            for row, (other, state, data) in enumerate(overlaps):
+                if state == "computing":
+                    overlap.pending_rows.add(row)
+                    continue
+                if state != "done":
+                    overlap.row_notes[row] = f"{state}: {data}"
+                    if state == "not comparable":
+                        self.not_comparable[other.id] = data
+                    continue
+                self.cosines[other.id] = data
+                for block, value in data.items():
                     column = COLUMNS.index(block) if block in COLUMNS else None
                     if column is None:
                         continue
@@ -426,6 +570,9 @@ class ImpactView(QWidget):
                     fights.append(f"{other.short_name} at {block} (cos {cosines[block]:+.2f})")
         if fights:
             parts.append("Most overlap: " + "; ".join(fights) + ".")
-        elif self.cosines and all(c is not None for c in self.cosines.values()):
+        elif self.cosines and self.is_ready():
             parts.append("No block overlaps the other LoRAs much (|cos| < 0.3).")
+        for other in self.session.model.entries:
+            if other.id in self.not_comparable:
+                parts.append(f"{other.short_name} is not comparable: {self.not_comparable[other.id]}.")
         return " ".join(parts)

@@ -1,78 +1,265 @@
-"""The LoRA list: a table of the inputs with a ratio editor per row, and its buttons."""
+"""The LoRA list: its buttons, the table of inputs, the ratio editor of the current LoRA and a line
+that tells everything about the current LoRA's file.
+
+One ratio editor for the current LoRA, below the table, rather than a spin box and slider in every
+row: the table keeps the ratios of all LoRAs in view (as text), the keyboard walks a short fixed
+chain (buttons, table, spin box, slider, reset) instead of two stops per row, and the slider gets
+the width it needs for hundredths. A mouse user picks the row and drags; double-clicking a ratio
+cell jumps into its spin box.
+"""
 
 from __future__ import annotations
 
+import html
 import itertools
 
-from PySide6.QtCore import QItemSelectionModel, QSize, Qt, Signal
-from PySide6.QtGui import QAction, QKeySequence, QPainter, QPalette, QPen
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDoubleSpinBox, QHBoxLayout, QHeaderView, QMenu,
-                               QSlider, QStyle, QTableView, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QAction, QKeySequence, QPainter, QPalette, QPen, QValidator
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDoubleSpinBox, QHBoxLayout, QHeaderView, QLabel,
+                               QMenu, QSizePolicy, QSlider, QStyle, QStyledItemDelegate, QStyleOptionViewItem,
+                               QTableView, QToolButton, QVBoxLayout, QWidget)
 
-from .desktop import reveal_in_folder
-from .entries import COL_BLOCKS, COL_FORMAT, COL_NAME, COL_ON, COL_RANK, COL_RATIO, COL_SIZE
+from ..core.document import FAILED, LOADING, double_counting_reason
+from .desktop import reveal_or_explain
+from .entries import (COL_BLOCKS, COL_FORMAT, COL_NAME, COL_ON, COL_RANK, COL_RATIO, COL_SIZE, blocks_detail,
+                      human_size, rank_text)
+from .tooltips import rich_tooltip
 
-RATIO_SLIDER_SCALE = 100
-RATIO_SLIDER_RANGE = 2.0  # the slider spans ±2; the spin box goes further
-RATIO_SPIN_RANGE = 10.0
+RATIO_LIMIT = 10.0  # what the spin box accepts, either sign
+RATIO_DECIMALS = 2
+RATIO_SPIN_STEP = 0.05
+# The slider covers where ratios are set in practice, in hundredths; the spin box goes further.
+SLIDER_LOW, SLIDER_HIGH = -1.0, 2.0
+SLIDER_SCALE = 100  # positions per unit: an arrow key moves 0.01
+SLIDER_PAGE = 5  # PageUp/PageDown and a click beside the handle: 0.05
+SLIDER_MIN_WIDTH = 240
+DETAIL_ROWS = 6  # rows the table asks room for
+ERROR_COLOUR = "#c62828"
 
 _gestures = itertools.count(1)
 
 
+def ratio_text(ratio: float) -> str:
+    """Two decimals, more only when the value has them (a ratio typed into a recipe)."""
+    text = f"{ratio:.2f}"
+    return text if float(text) == ratio else f"{ratio:g}"
+
+
+def elide_at_word(text: str, metrics, width: int) -> str:
+    """``text`` when it fits ``width``, else its longest start that ends between words, with "…"."""
+    if width <= 0 or metrics.horizontalAdvance(text) <= width:
+        return text
+    room = width - metrics.horizontalAdvance("…")
+    best = ""
+    for index, char in enumerate(text):
+        if char == " ":
+            start = text[:index].rstrip(" ,:;(")
+            if metrics.horizontalAdvance(start) > room:
+                break
+            best = start
+    return best + "…" if best else metrics.elidedText(text, Qt.TextElideMode.ElideRight, width)
+
+
+# ---- the ratio editor ----------------------------------------------------------------------------
+
+
+class RatioSpinBox(QDoubleSpinBox):
+    """Turns with the wheel only while it has the focus: otherwise the wheel scrolls what holds it."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # not WheelFocus: a passing wheel takes nothing
+
+    def wheelEvent(self, event) -> None:
+        if self.hasFocus():
+            super().wheelEvent(event)
+        else:
+            event.ignore()
+
+
+class RatioSlider(QSlider):
+    """Turns with the wheel only while it has the focus."""
+
+    def __init__(self, parent=None):
+        super().__init__(Qt.Orientation.Horizontal, parent)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+
+    def wheelEvent(self, event) -> None:
+        if self.hasFocus():
+            super().wheelEvent(event)
+        else:
+            event.ignore()
+
+
 class RatioEditor(QWidget):
-    """Spin box and slider for one entry's ratio; negative values subtract the LoRA."""
+    """Spin box, slider and reset for the ratio of one entry (the current one).
+
+    Every value the spin box accepts is sent as it is typed; one typing (from entering the box
+    to Enter or leaving it), one slider drag or one series of steps is one undo step, through
+    the merge key it sends with the value.
+    """
 
     ratioEdited = Signal(int, float, object)  # entry id, value, undo merge key
 
-    def __init__(self, entry_id: int, ratio: float, parent=None):
+    def __init__(self, parent=None):
         super().__init__(parent)
-        self.entry_id = entry_id
-        self._gesture: int | None = None
-        self.spin = QDoubleSpinBox()
-        self.spin.setRange(-RATIO_SPIN_RANGE, RATIO_SPIN_RANGE)
-        self.spin.setDecimals(2)
-        self.spin.setSingleStep(0.05)
-        self.spin.setKeyboardTracking(False)
-        self.spin.setToolTip("Ratio: how much of this LoRA goes into the merge (negative subtracts it)")
-        self.slider = QSlider(Qt.Orientation.Horizontal)
-        limit = int(RATIO_SLIDER_RANGE * RATIO_SLIDER_SCALE)
-        self.slider.setRange(-limit, limit)
-        self.slider.setSingleStep(5)
-        self.slider.setPageStep(25)
-        self.slider.setToolTip(self.spin.toolTip())
+        self.entry_id = 0
+        self.entry_name = ""
+        self._gesture = next(_gestures)
+        self.label = QLabel("&Ratio")
+        self.spin = RatioSpinBox()
+        self.spin.setRange(-RATIO_LIMIT, RATIO_LIMIT)
+        self.spin.setDecimals(RATIO_DECIMALS)
+        self.spin.setSingleStep(RATIO_SPIN_STEP)
+        self.spin.setAccelerated(True)
+        self.spin.setKeyboardTracking(True)  # each accepted keystroke is a value: nothing waits unapplied
+        self.spin.setToolTip(rich_tooltip(
+            f"How much of this LoRA goes into the merge; negative subtracts it. Type any value from "
+            f"{-RATIO_LIMIT:g} to {RATIO_LIMIT:g}; arrows step {RATIO_SPIN_STEP:g}."))
+        self.label.setBuddy(self.spin)
+        self.slider = RatioSlider()
+        self.slider.setRange(round(SLIDER_LOW * SLIDER_SCALE), round(SLIDER_HIGH * SLIDER_SCALE))
+        self.slider.setSingleStep(1)
+        self.slider.setPageStep(SLIDER_PAGE)
+        self.slider.setTickPosition(QSlider.TickPosition.TicksBelow)
+        self.slider.setTickInterval(SLIDER_SCALE // 2)
+        self.slider.setMinimumWidth(SLIDER_MIN_WIDTH)
+        self.slider.setToolTip(rich_tooltip(
+            f"Ratio from {SLIDER_LOW:g} to {SLIDER_HIGH:g} (ticks every 0.5): arrow keys step 0.01, "
+            f"Page Up/Down 0.05. The spin box takes values beyond."))
+        self.reset_button = QToolButton()
+        self.reset_button.setText("Reset")
+        self.reset_button.setToolTip("Set the ratio back to 1")
+        self.reset_button.setFocusPolicy(Qt.FocusPolicy.TabFocus)  # a click leaves the focus where it was
         layout = QHBoxLayout(self)
-        layout.setContentsMargins(2, 0, 2, 0)
-        layout.setSpacing(4)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(6)
+        layout.addWidget(self.label)
         layout.addWidget(self.spin)
         layout.addWidget(self.slider, 1)
-        self.show_ratio(ratio)
+        layout.addWidget(self.reset_button)
         self.spin.valueChanged.connect(self._on_spin)
+        self.spin.editingFinished.connect(self._new_gesture)
         self.slider.valueChanged.connect(self._on_slider)
-        self.slider.sliderPressed.connect(self._begin)
-        self.slider.sliderReleased.connect(self._end)
+        self.slider.sliderPressed.connect(self._new_gesture)
+        self.slider.sliderReleased.connect(self._new_gesture)
+        self.reset_button.clicked.connect(self._reset)
+        for widget in (self.spin, self.slider):
+            widget.installEventFilter(self)
+        self.show_entry(None)
+
+    # ---- showing -----------------------------------------------------------------------------
+
+    def show_entry(self, entry) -> None:
+        """Edit ``entry``'s ratio (None: nothing to edit)."""
+        if (entry.id if entry else 0) != self.entry_id:
+            self._new_gesture()
+        self.entry_id = entry.id if entry is not None else 0
+        self.entry_name = entry.name if entry is not None else ""
+        name = entry.short_name.replace("&", "&&") if entry is not None else ""
+        self.label.setText(f"&Ratio of {name}" if name else "&Ratio")
+        self.show_ratio(entry.ratio if entry is not None else 1.0)
+        self.setEnabled(entry is not None and entry.merged)
 
     def show_ratio(self, ratio: float) -> None:
-        for widget, value in ((self.spin, ratio), (self.slider, round(ratio * RATIO_SLIDER_SCALE))):
-            widget.blockSignals(True)
-            widget.setValue(value)
-            widget.blockSignals(False)
+        # Left alone when it already shows the value: resetting the text mid-typing would move
+        # the cursor and turn "0.3" into "0.30" under the user's fingers.
+        if self.spin.value() != round(ratio, RATIO_DECIMALS):
+            self.spin.blockSignals(True)
+            self.spin.setValue(ratio)
+            self.spin.blockSignals(False)
+        position = max(self.slider.minimum(), min(self.slider.maximum(), round(ratio * SLIDER_SCALE)))
+        if self.slider.value() != position and not self.slider.isSliderDown():
+            self.slider.blockSignals(True)
+            self.slider.setValue(position)
+            self.slider.blockSignals(False)
 
-    def _begin(self) -> None:
+    # ---- editing -----------------------------------------------------------------------------
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() in (event.Type.FocusIn, event.Type.FocusOut):
+            self._new_gesture()  # coming back to the box or the slider starts a new undo step
+        return False
+
+    def _new_gesture(self) -> None:
         self._gesture = next(_gestures)
 
-    def _end(self) -> None:
-        self._gesture = None
+    def _send(self, value: float) -> None:
+        if self.entry_id:
+            self.ratioEdited.emit(self.entry_id, round(value, 6), ("ratio", self.entry_id, self._gesture))
 
     def _on_spin(self, value: float) -> None:
-        self.ratioEdited.emit(self.entry_id, round(value, 6), ("ratio-spin", self.entry_id))
+        position = max(self.slider.minimum(), min(self.slider.maximum(), round(value * SLIDER_SCALE)))
+        self.slider.blockSignals(True)
+        self.slider.setValue(position)
+        self.slider.blockSignals(False)
+        self._send(value)
 
     def _on_slider(self, position: int) -> None:
-        key = ("ratio-slider", self.entry_id, self._gesture if self._gesture is not None else "steps")
-        self.ratioEdited.emit(self.entry_id, position / RATIO_SLIDER_SCALE, key)
+        value = position / SLIDER_SCALE
+        self.spin.blockSignals(True)
+        self.spin.setValue(value)
+        self.spin.blockSignals(False)
+        self._send(value)
+
+    def _reset(self) -> None:
+        self._new_gesture()
+        self.spin.setValue(1.0)
+        self._new_gesture()
+
+    def commit_pending(self) -> str | None:
+        """Apply what the spin box shows if that is not applied yet; a message when it cannot be.
+
+        Accepted values are applied as they are typed, so what can remain is text that is no
+        number yet ("-", "."): it stays in the box, selected for correcting, and the message says
+        what is wrong (the document keeps the ratio in force until then).
+        """
+        text = self.spin.lineEdit().text()
+        state, _, _ = self.spin.validate(text, 0)
+        if state == QValidator.State.Acceptable:
+            self.spin.interpretText()
+            return None
+        self.spin.setFocus(Qt.FocusReason.OtherFocusReason)
+        self.spin.selectAll()
+        return (f"the ratio of {self.entry_name} reads '{text.strip()}', not a number from "
+                f"{-RATIO_LIMIT:g} to {RATIO_LIMIT:g}; it is still {ratio_text(self.spin.value())}")
+
+
+# ---- the table -----------------------------------------------------------------------------------
+
+
+class RatioColumnDelegate(QStyledItemDelegate):
+    """The ratio column shows each entry's ratio as text (the editor below the table changes it)."""
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index) -> None:
+        super().initStyleOption(option, index)
+        entry = index.model().entry_at(index.row())
+        if entry is not None and entry.state != FAILED:
+            option.text = ratio_text(entry.ratio)
+            option.features |= QStyleOptionViewItem.ViewItemFeature.HasDisplay
+            option.displayAlignment = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+
+
+class WordElidingDelegate(QStyledItemDelegate):
+    """Text that does not fit ends between words with "…", never in the middle of one."""
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index) -> None:
+        super().initStyleOption(option, index)
+        if option.text and option.rect.width() > 0:
+            widget = option.widget
+            style = widget.style() if widget is not None else QApplication.style()
+            margin = style.pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, widget) + 1
+            option.text = elide_at_word(option.text, option.fontMetrics, option.rect.width() - 2 * margin)
 
 
 class LoraTableView(QTableView):
-    """The table; when empty it says how to add LoRAs, and it lights up while files hover."""
+    """The table; when empty it says how to add LoRAs, and it lights up while files hover.
+
+    Tab leaves it (arrows move between rows); Space ticks or unticks the current LoRA.
+    """
+
+    toggleRequested = Signal()
+    ratioEditRequested = Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -80,6 +267,7 @@ class LoraTableView(QTableView):
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setTabKeyNavigation(False)
         self.setAlternatingRowColors(True)
         self.setShowGrid(False)
         self.setWordWrap(False)
@@ -87,6 +275,24 @@ class LoraTableView(QTableView):
         self.verticalHeader().hide()
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 10)
         self.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.ratio_delegate = RatioColumnDelegate(self)
+        self.format_delegate = WordElidingDelegate(self)
+        self.setItemDelegateForColumn(COL_RATIO, self.ratio_delegate)
+        self.setItemDelegateForColumn(COL_FORMAT, self.format_delegate)
+        self.doubleClicked.connect(self._on_double_click)
+
+    def keyPressEvent(self, event) -> None:
+        if event.key() in (Qt.Key.Key_Space, Qt.Key.Key_Select) \
+                and event.modifiers() == Qt.KeyboardModifier.NoModifier:
+            self.toggleRequested.emit()
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def _on_double_click(self, index) -> None:
+        if index.column() == COL_RATIO:
+            self.ratioEditRequested.emit()
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
@@ -124,11 +330,39 @@ class LoraTableView(QTableView):
         painter.end()
 
 
+# ---- the panel -----------------------------------------------------------------------------------
+
+
+def entry_details(entry) -> str:
+    """Rich text: everything worth knowing about the entry's file, in full (wrapped by the label)."""
+    name = f"<b>{html.escape(entry.name)}</b>"
+    if entry.state == LOADING:
+        return f"{name} — reading the file…"
+    if entry.state == FAILED:
+        reason = (entry.error or "not usable").removeprefix(f"{entry.path}: ")
+        return f"{name} — <span style='color:{ERROR_COLOUR}'>Not usable: {html.escape(reason)}</span>"
+    lora = entry.lora
+    facts = [lora.layout, lora.dtype, f"rank {rank_text(lora)}", f"blocks {blocks_detail(lora)}",
+             human_size(entry.size_bytes())]
+    lines = [f"{name} — " + html.escape(" · ".join(f for f in facts if f))]
+    trigger = lora.training_info().get("trigger")
+    if trigger:
+        lines.append("Trigger: " + html.escape(", ".join(trigger) if isinstance(trigger, list) else str(trigger)))
+    lines += [f"⚠ {html.escape(warning)}" for warning in lora.warnings]
+    reason = double_counting_reason(entry)
+    if reason:
+        lines.append(f"⚠ Left out when found: {html.escape(reason)}")
+    lines += [f"Note: {html.escape(note)}" for note in lora.notes]
+    return "<br>".join(lines)
+
+
 class LoraPanel(QWidget):
-    """Buttons and table; the current row follows the session's current entry and back."""
+    """Buttons, table, ratio editor and details; the current row follows the session's current
+    entry and back."""
 
     addFilesRequested = Signal()
     addFolderRequested = Signal()
+    message = Signal(str)  # one line for the status bar (a file manager that could not be opened)
 
     def __init__(self, session, parent=None):
         super().__init__(parent)
@@ -142,22 +376,21 @@ class LoraPanel(QWidget):
         header.setSectionResizeMode(COL_ON, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(COL_FORMAT, QHeaderView.ResizeMode.Fixed)  # sized in LoraTableView
-        for column, sample in ((COL_RANK, "Rank 88"), (COL_BLOCKS, "Blocks 8"), (COL_SIZE, "888.8 MB")):
+        for column, sample in ((COL_RANK, "Rank 88"), (COL_BLOCKS, "Blocks 8"), (COL_SIZE, "888.8 MB"),
+                               (COL_RATIO, "Ratio -10.00")):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.Fixed)
             header.resizeSection(column, metrics.horizontalAdvance(sample) + 16)
-        header.setSectionResizeMode(COL_RATIO, QHeaderView.ResizeMode.Fixed)
-        header.resizeSection(COL_RATIO, metrics.horizontalAdvance("-10.00") + 40 + metrics.height() * 9)
 
         style = self.style()
 
-        def button(text: str, tip: str, icon=None) -> QToolButton:
+        def button(text: str, tip: str, icon) -> QToolButton:
             widget = QToolButton()
             widget.setText(text)
             widget.setToolTip(tip)
-            if icon is not None:
-                widget.setIcon(style.standardIcon(icon))
-                widget.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+            widget.setIcon(style.standardIcon(icon))
+            widget.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
             widget.setAutoRaise(True)
+            widget.setFocusPolicy(Qt.FocusPolicy.TabFocus)  # Tab reaches it; a click leaves the focus be
             return widget
 
         self.add_button = button("Add…", "Add LoRA files (or drop them on the window)",
@@ -182,6 +415,15 @@ class LoraPanel(QWidget):
         self.remove_button.clicked.connect(self.remove_selected)
         self.up_button.clicked.connect(lambda: self._move(-1))
         self.down_button.clicked.connect(lambda: self._move(1))
+
+        self.current_ratio_editor = RatioEditor()
+        self.current_ratio_editor.ratioEdited.connect(self._on_ratio_edited)
+        self.details = QLabel()
+        self.details.setWordWrap(True)
+        self.details.setTextFormat(Qt.TextFormat.RichText)
+        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.details.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # wraps, never widens
+
         buttons = QHBoxLayout()
         buttons.setContentsMargins(0, 0, 0, 0)
         buttons.setSpacing(2)
@@ -190,65 +432,91 @@ class LoraPanel(QWidget):
         buttons.addStretch(1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 4)
-        layout.setSpacing(2)
+        layout.setSpacing(4)
         layout.addLayout(buttons)
         layout.addWidget(self.view, 1)
+        layout.addWidget(self.current_ratio_editor)
+        layout.addWidget(self.details)
+        editor = self.current_ratio_editor
+        chain = [self.add_button, self.add_folder_button, self.remove_button, self.up_button, self.down_button,
+                 self.view, editor.spin, editor.slider, editor.reset_button]
+        for first, second in zip(chain, chain[1:]):
+            QWidget.setTabOrder(first, second)
 
-        self._editors: dict[int, RatioEditor] = {}
-        model.rowsInserted.connect(self._rebuild_editors)
-        model.rowsRemoved.connect(self._rebuild_editors)
-        model.rowsMoved.connect(self._rebuild_editors)
-        model.modelReset.connect(self._rebuild_editors)
+        model.rowsInserted.connect(self._update_buttons)
+        model.rowsRemoved.connect(self._update_buttons)
+        model.rowsMoved.connect(self._update_buttons)
+        model.modelReset.connect(self._show_current)
         model.ratioChanged.connect(self._on_ratio_changed)
         model.entryChanged.connect(self._on_entry_changed)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._context_menu)
+        self.view.toggleRequested.connect(self._toggle_current)
+        self.view.ratioEditRequested.connect(self.edit_ratio)
         self.view.selectionModel().currentRowChanged.connect(self._on_row_changed)
         self.view.selectionModel().selectionChanged.connect(self._update_buttons)
         session.currentChanged.connect(self._on_current_changed)
-        self._update_buttons()
+        self._show_current()
+
+    # ---- size ----------------------------------------------------------------------------------
+
+    def _rows_height(self, rows: int) -> int:
+        return self.view.horizontalHeader().sizeHint().height() + rows * self.view.verticalHeader().defaultSectionSize() \
+            + 2 * self.view.frameWidth()
+
+    def _chrome_height(self, detail_lines: int) -> int:
+        """Everything but the table: margins, the button row, the ratio editor, the details."""
+        margins = self.layout().contentsMargins()
+        return (margins.top() + margins.bottom() + 3 * self.layout().spacing()
+                + self.add_button.sizeHint().height() + self.current_ratio_editor.sizeHint().height()
+                + detail_lines * self.fontMetrics().lineSpacing())
 
     def sizeHint(self) -> QSize:
-        return QSize(900, self.fontMetrics().height() * 12)
+        return QSize(900, self._rows_height(DETAIL_ROWS) + self._chrome_height(2))
 
-    # ---- ratio editors as index widgets ------------------------------------------------------
+    def minimumSizeHint(self) -> QSize:
+        return QSize(420, self._rows_height(2) + self._chrome_height(1))
 
-    def _rebuild_editors(self, *args) -> None:
-        model = self.session.model
-        alive = {}
-        for row, entry in enumerate(model.entries):
-            editor = self._editors.get(entry.id)
-            if editor is None:
-                editor = RatioEditor(entry.id, entry.ratio)
-                editor.ratioEdited.connect(self._on_ratio_edited)
-            # Index widgets stay at their row position, so after any move they are set again.
-            self.view.setIndexWidget(model.index(row, COL_RATIO), editor)
-            self._sync_editor(editor, entry)
-            alive[entry.id] = editor
-        self._editors = alive
-        self._on_current_changed(self.session.current_id)
-        self._update_buttons()
-        self.view.viewport().update()
-
-    def _sync_editor(self, editor: RatioEditor, entry) -> None:
-        editor.show_ratio(entry.ratio)
-        editor.setEnabled(entry.merged)
+    # ---- the ratio editor -------------------------------------------------------------------------
 
     def ratio_editor(self, entry_id: int) -> RatioEditor | None:
-        return self._editors.get(entry_id)
+        """The editor of this entry's ratio: the panel's editor when the entry is current, else None."""
+        editor = self.current_ratio_editor
+        return editor if entry_id and editor.entry_id == entry_id else None
+
+    def edit_ratio(self) -> None:
+        """Into the current LoRA's ratio box, its text selected for typing over."""
+        spin = self.current_ratio_editor.spin
+        if spin.isEnabled():
+            spin.setFocus(Qt.FocusReason.ShortcutFocusReason)
+            spin.selectAll()
+
+    def commit_pending(self) -> str | None:
+        """Apply an edit still in progress (call before merging, saving or quitting).
+
+        None when everything shown is in the document; else a message for the user (the text in
+        the ratio box is no number): the caller should not go on until it is corrected.
+        """
+        return self.current_ratio_editor.commit_pending()
 
     def _on_ratio_edited(self, entry_id: int, value: float, merge_key) -> None:
         self.session.set_ratio(entry_id, value, merge_key)
 
     def _on_ratio_changed(self, entry_id: int) -> None:
-        entry, editor = self.session.model.entry(entry_id), self._editors.get(entry_id)
-        if entry is not None and editor is not None:
-            editor.show_ratio(entry.ratio)
+        entry = self.session.model.entry(entry_id)
+        if entry is not None and entry_id == self.current_ratio_editor.entry_id:
+            self.current_ratio_editor.show_ratio(entry.ratio)
 
     def _on_entry_changed(self, entry_id: int) -> None:
-        entry, editor = self.session.model.entry(entry_id), self._editors.get(entry_id)
-        if entry is not None and editor is not None:
-            self._sync_editor(editor, entry)
+        if entry_id == self.session.current_id:
+            self._show_current()
+
+    def _show_current(self, *args) -> None:
+        entry = self.session.current()
+        self.current_ratio_editor.show_entry(entry)
+        self.details.setText(entry_details(entry) if entry is not None else "")
+        self.details.setVisible(entry is not None)
+        self._update_buttons()
 
     # ---- selection ----------------------------------------------------------------------------
 
@@ -265,13 +533,10 @@ class LoraPanel(QWidget):
     def _on_current_changed(self, entry_id: int) -> None:
         row = self.session.model.row_of(entry_id)
         selection = self.view.selectionModel()
-        if row < 0:
-            return
-        if selection.currentIndex().row() != row:
+        if row >= 0 and selection.currentIndex().row() != row:
             selection.setCurrentIndex(self.session.model.index(row, COL_NAME),
-                                      QItemSelectionModel.SelectionFlag.ClearAndSelect
-                                      | QItemSelectionModel.SelectionFlag.Rows)
-        self._update_buttons()
+                                      selection.SelectionFlag.ClearAndSelect | selection.SelectionFlag.Rows)
+        self._show_current()
 
     def _update_buttons(self, *args) -> None:
         count = self.session.model.rowCount()
@@ -283,27 +548,42 @@ class LoraPanel(QWidget):
 
     # ---- actions -----------------------------------------------------------------------------
 
-    def _context_menu(self, pos) -> None:
-        index = self.view.indexAt(pos)
-        entry = self.session.model.entry_at(index.row()) if index.isValid() else None
+    def context_menu(self, entry) -> QMenu:
+        """The menu of a row (``entry``) or of the empty area (None)."""
         menu = QMenu(self)
         if entry is not None:
-            self.session.set_current(entry.id)
             toggle = menu.addAction("Include in the merge")
             toggle.setCheckable(True)
             toggle.setChecked(entry.enabled and entry.usable)
-            toggle.setEnabled(entry.state != "failed")
+            toggle.setEnabled(entry.state != FAILED)
             toggle.toggled.connect(lambda on, i=entry.id: self.session.set_enabled(i, on))
             menu.addAction("Move up", lambda: self._move(-1)).setEnabled(self.up_button.isEnabled())
             menu.addAction("Move down", lambda: self._move(1)).setEnabled(self.down_button.isEnabled())
             menu.addAction("Remove", self.remove_selected)
             menu.addSeparator()
-            menu.addAction("Show in folder", lambda p=entry.path: reveal_in_folder(p))
+            menu.addAction("Show in folder", lambda p=entry.path: self.show_in_folder(p))
             menu.addAction("Copy path", lambda p=entry.path: QApplication.clipboard().setText(p))
             menu.addSeparator()
         menu.addAction("Add LoRAs…", self.addFilesRequested.emit)
         menu.addAction("Add folder…", self.addFolderRequested.emit)
-        menu.exec(self.view.viewport().mapToGlobal(pos))
+        return menu
+
+    def _context_menu(self, pos) -> None:
+        index = self.view.indexAt(pos)
+        entry = self.session.model.entry_at(index.row()) if index.isValid() else None
+        if entry is not None:
+            self.session.set_current(entry.id)
+        self.context_menu(entry).exec(self.view.viewport().mapToGlobal(pos))
+
+    def show_in_folder(self, path: str) -> None:
+        problem = reveal_or_explain(path)
+        if problem:
+            self.message.emit(problem)
+
+    def _toggle_current(self) -> None:
+        entry = self.session.current()
+        if entry is not None and entry.state != FAILED:
+            self.session.set_enabled(entry.id, not entry.enabled)
 
     def remove_selected(self) -> None:
         ids = self.selected_ids() or ([self.session.current_id] if self.session.current_id else [])
