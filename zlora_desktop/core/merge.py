@@ -13,17 +13,21 @@ import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import keys, model
-from .errors import CancelledError, ZLoraError
+from . import dtypes, keys, model
+from .errors import CancelledError, ZLoraError, one_line
 from .lora_file import LoraFile
 from .recipe import RECIPE_METADATA_KEY, SOURCES_METADATA_KEY, Recipe
 from .writer import build_state_dict, save_atomic
 
 ProgressCallback = Callable[[int, int, str], None]
+# What a caller already knows of a file's sha256: absolute path -> (size, mtime_ns, sha256) of the
+# file as it was hashed. A digest is reused only while the file's size and mtime_ns still match.
+KnownDigests = Mapping[str, tuple[int, int, str]]
 
 
 @dataclass
@@ -47,6 +51,9 @@ class MergeReport:
     warnings: list[str] = field(default_factory=list)
     output_bytes: int = 0
     seconds: float = 0.0
+    # Absolute input path -> (size, mtime_ns, sha256) as recorded in the output: a caller can keep
+    # them for the next merge's ``known_digests``.
+    input_digests: dict[str, tuple[int, int, str]] = field(default_factory=dict)
 
     @property
     def worst(self) -> ModuleStats | None:
@@ -99,16 +106,14 @@ def resolve_device(name: str) -> str:
 
 
 def output_dtype(name: str, inputs: list[LoraFile]):
-    import torch
-
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    """The torch dtype of the output: the chosen one, or ``auto``: the inputs' own where they all
+    share one of the choices, float32 otherwise (mixed inputs: keep the most precise)."""
     if name != "auto":
-        return table[name]
+        return dtypes.torch_dtype(dtypes.CHOICES[name])
     names = {lora.dtype for lora in inputs}
-    by_name = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-    if len(names) == 1 and names <= set(by_name):
-        return by_name[names.pop()]
-    return torch.float32  # mixed inputs: keep the most precise
+    if len(names) == 1 and names <= set(dtypes.CHOICES.values()):
+        return dtypes.torch_dtype(names.pop())
+    return dtypes.torch_dtype("float32")
 
 
 # ---- opening inputs ------------------------------------------------------------------------
@@ -146,29 +151,43 @@ def check_compatible(loras: list[LoraFile]) -> None:
 
 
 def merge(recipe: Recipe, progress: ProgressCallback | None = None,
-          cancel: Callable[[], bool] | threading.Event | None = None, presets=None) -> MergeReport:
-    """Run a recipe end to end and write its output. Raises ZLoraError or CancelledError."""
+          cancel: Callable[[], bool] | threading.Event | None = None, presets=None,
+          known_digests: KnownDigests | None = None) -> MergeReport:
+    """Run a recipe end to end and write its output. Raises ZLoraError or CancelledError.
+
+    ``cancel`` is polled between modules, while the inputs' hashes are awaited, between the
+    output's tensors and right before the final rename: a cancel at any point leaves no file.
+    ``known_digests`` spares hashing inputs the caller hashed already (see ``KnownDigests``).
+    """
     import torch
 
     started = time.perf_counter()
     recipe.validate()
     is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
+
+    def check_cancel() -> None:
+        if is_cancelled():
+            raise CancelledError()
+
     inputs = open_inputs(recipe, presets)
     device = resolve_device(recipe.device)
     dtype = output_dtype(recipe.dtype, [lora for lora, _, _ in inputs])
     report = MergeReport(os.path.abspath(recipe.output), recipe.format, recipe.method, device,
-                         str(dtype).removeprefix("torch."))
+                         dtypes.torch_name(dtype))
     for lora, _, _ in inputs:
         report.warnings.extend(f"{os.path.basename(lora.path)}: {w}" for w in lora.warnings)
 
-    hashing = ThreadPoolExecutor(max_workers=1)  # hashes overlap the merge instead of adding to it
-    digests = [hashing.submit(sha256_file, lora.path) for lora, _, _ in inputs]
+    # Hashes overlap the merge instead of adding to it. The hashing thread never calls ``cancel``
+    # (the caller's, maybe not thread-safe); it stops on ``stop_hashing``, set from this thread.
+    stop_hashing = threading.Event()
+    hashing = ThreadPoolExecutor(max_workers=1)
+    digests = [hashing.submit(input_digest, lora.path, known_digests, stop_hashing.is_set)
+               for lora, _, _ in inputs]
     names = sorted({m for lora, _, _ in inputs for m in lora.modules}, key=model.module_order)
     out_modules: dict[str, tuple] = {}
     try:
         for index, name in enumerate(names):
-            if is_cancelled():
-                raise CancelledError()
+            check_cancel()
             if progress:
                 progress(index, len(names), name)
             terms = []
@@ -193,8 +212,7 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
             report.modules.append(stats)
             out_modules[name] = (down, up)
             del terms, down, up
-        if is_cancelled():
-            raise CancelledError()
+        check_cancel()
         if not out_modules:
             raise ZLoraError("every module has weight 0: nothing to write")
         caveat = keys.FORMAT_CAVEATS.get(recipe.format)
@@ -203,16 +221,29 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         if progress:
             progress(len(names), len(names), "writing")
         tensors, metadata = build_state_dict(out_modules, recipe.format, dtype)
-        metadata.update(output_metadata(recipe, inputs, [d.result() for d in digests]))
         del out_modules
-        save_atomic(tensors, metadata, recipe.output)
+        records = _await(digests, check_cancel)
+        metadata.update(output_metadata(recipe, inputs, [sha for _, _, sha in records]))
+        check_cancel()
+        save_atomic(tensors, metadata, recipe.output, cancel=is_cancelled)
     finally:
+        stop_hashing.set()
         hashing.shutdown(wait=True, cancel_futures=True)
         for lora, _, _ in inputs:
             lora.close()
+    report.input_digests = {os.path.abspath(lora.path): record for (lora, _, _), record in zip(inputs, records)}
     report.output_bytes = os.path.getsize(recipe.output)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _await(futures, check_cancel: Callable[[], None], poll_seconds: float = 0.05) -> list:
+    """The futures' results in order, polling for a cancel while they run."""
+    pending = set(futures)
+    while pending:
+        check_cancel()
+        _, pending = wait(pending, timeout=poll_seconds, return_when=FIRST_COMPLETED)
+    return [future.result() for future in futures]
 
 
 def stack_terms(terms, dtype, device: str = "cpu", up_column_major: bool = False):
@@ -338,15 +369,36 @@ def _householder_product(a, tau):
 # ---- metadata ------------------------------------------------------------------------------
 
 
-def sha256_file(path: str, chunk: int = 8 * 1024 * 1024) -> str:
+def sha256_file(path: str, chunk: int = 8 * 1024 * 1024, cancel: Callable[[], bool] | None = None) -> str:
+    """The file's sha256; ``cancel`` is polled between chunks (CancelledError)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(chunk)
-            if not block:
-                break
-            digest.update(block)
+    try:
+        with open(path, "rb") as handle:
+            while True:
+                if cancel is not None and cancel():
+                    raise CancelledError()
+                block = handle.read(chunk)
+                if not block:
+                    break
+                digest.update(block)
+    except OSError as exc:
+        raise ZLoraError(f"cannot read file ({exc.strerror or one_line(exc)})", path) from None
     return digest.hexdigest()
+
+
+def input_digest(path: str, known: KnownDigests | None = None,
+                 cancel: Callable[[], bool] | None = None) -> tuple[int, int, str]:
+    """(size, mtime_ns, sha256) of a file: the known digest while the file's size and mtime_ns
+    still match it, else hashed now (stat taken first, so a change during hashing shows next time)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ZLoraError(f"cannot read file ({exc.strerror or one_line(exc)})", path) from None
+    known = known or {}
+    entry = known.get(path) or known.get(os.path.abspath(path))
+    if entry is not None and (entry[0], entry[1]) == (info.st_size, info.st_mtime_ns):
+        return info.st_size, info.st_mtime_ns, entry[2]
+    return info.st_size, info.st_mtime_ns, sha256_file(path, cancel=cancel)
 
 
 # Keys that describe a file's own layout and would be wrong on the output.

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
+from typing import Callable
 
-from . import keys, model
-from .errors import ZLoraError
+from . import dtypes, keys, model
+from .errors import CancelledError, ZLoraError
 
 
 def build_state_dict(modules: dict, fmt: str, dtype) -> tuple[dict, dict[str, str]]:
@@ -101,15 +103,21 @@ def _fuse_qkv(parts: dict[str, tuple]):
     return fused_down, fused_up
 
 
-def save_atomic(tensors: dict, metadata: dict[str, str], output: str) -> None:
-    """Write a safetensors file to a temporary file beside ``output``, then rename: never a partial file."""
+def save_atomic(tensors: dict, metadata: dict[str, str], output: str,
+                cancel: Callable[[], bool] | None = None) -> None:
+    """Write a safetensors file to a temporary file beside ``output``, fsync it, then rename: never
+    a partial file. ``cancel`` is polled between tensors and right before the rename; a cancel or
+    a failure removes the temporary file and leaves ``output`` as it was."""
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise ZLoraError("output folder does not exist", output)
     tmp = os.path.join(folder, f".{os.path.basename(output)}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        write_safetensors(tensors, metadata, tmp)
+        write_safetensors(tensors, metadata, tmp, cancel)
+        if cancel is not None and cancel():
+            raise CancelledError()
         os.replace(tmp, output)
+        _sync_folder(folder)
     except OSError as exc:
         raise ZLoraError(f"cannot write output ({exc.strerror or exc})", output) from None
     finally:
@@ -117,18 +125,31 @@ def save_atomic(tensors: dict, metadata: dict[str, str], output: str) -> None:
             os.unlink(tmp)
 
 
-_SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-                       "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
-                       "bool": "BOOL", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+def _sync_folder(folder: str) -> None:
+    """Make the rename itself durable (POSIX); Windows has no directory handles to sync."""
+    if sys.platform == "win32":
+        return
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass  # some file systems refuse to sync a folder; the file itself is synced
+    finally:
+        os.close(handle)
 
 
-def write_safetensors(tensors: dict, metadata: dict[str, str], path: str) -> None:
-    """The safetensors format, written tensor by tensor from each tensor's own memory.
+def write_safetensors(tensors: dict, metadata: dict[str, str], path: str,
+                      cancel: Callable[[], bool] | None = None) -> None:
+    """The safetensors format, written tensor by tensor from each tensor's own memory, then fsynced.
 
     Unlike ``safetensors.torch.save_file`` (which builds the file in one call holding the GIL),
     each tensor's bytes go to ``file.write`` as a buffer, which releases the GIL during the
     system call: a GUI thread stays responsive while a large output is written. Tensors are laid
     out by name and the metadata sorted, so the same merge always gives the same bytes.
+    ``cancel`` is polled between tensors (CancelledError; the caller removes the file).
     """
     import torch
 
@@ -138,7 +159,7 @@ def write_safetensors(tensors: dict, metadata: dict[str, str], path: str) -> Non
     for name in names:
         tensor = tensors[name]
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[str(tensor.dtype).removeprefix("torch.")],
+        header[name] = {"dtype": dtypes.safetensors_code(tensor.dtype),
                         "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -147,6 +168,10 @@ def write_safetensors(tensors: dict, metadata: dict[str, str], path: str) -> Non
         handle.write(len(encoded).to_bytes(8, "little"))
         handle.write(encoded)
         for name in names:
+            if cancel is not None and cancel():
+                raise CancelledError()
             tensor = tensors[name].detach().to("cpu").contiguous()
             if tensor.numel():
                 handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        handle.flush()
+        os.fsync(handle.fileno())
