@@ -242,3 +242,39 @@ def test_every_menu_action_has_a_shortcut_or_a_mnemonic(window, menu_title):
 def test_the_empty_window_says_what_to_do_first(window):
     assert window.output.progress.format() == "Add LoRAs to merge"
     assert os.environ.get("ZLORA_DATA_DIR")  # tests never touch the real user's autosave
+
+
+FIT_SCRIPT = """
+import json, sys
+from PySide6.QtWidgets import QApplication
+app = QApplication([])
+from zlora_desktop.gui.main_window import MainWindow
+window = MainWindow()
+window.show()
+app.processEvents()
+screen = app.primaryScreen().availableGeometry()
+frame = window.frameGeometry()
+print(json.dumps({"screen": [screen.width(), screen.height()], "frame": [frame.x(), frame.y(), frame.width(),
+                  frame.height()], "status": window.statusBar().isVisible()}))
+window.shutdown()
+"""
+
+
+@pytest.mark.parametrize("scale", ["1", "2"])
+def test_the_first_window_fits_the_screen_at_1x_and_2x(tmp_path, scale):
+    """1280×800 at 100 % and at 200 % (640×400 logical): the window, status bar included, fits."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "screen.json"
+    config.write_text(json.dumps({"screens": [{"name": "s", "x": 0, "y": 0, "width": 1280, "height": 800,
+                                               "logicalDpi": 96, "dpr": 1}]}))
+    env = dict(os.environ, QT_SCALE_FACTOR=scale, QT_QPA_PLATFORM=f"offscreen:configfile={config}",
+               ZLORA_DATA_DIR=str(tmp_path / "data"))
+    done = subprocess.run([sys.executable, "-c", FIT_SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    width, height = result["screen"]
+    x, y, frame_width, frame_height = result["frame"]
+    assert (width, height) == (1280 // int(scale), 800 // int(scale))
+    assert x >= 0 and y >= 0 and x + frame_width <= width and y + frame_height <= height, result
+    assert result["status"]

@@ -9,10 +9,10 @@ import logging
 import os
 import time
 
-from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QEvent, QEventLoop, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QAbstractSpinBox, QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow,
-                               QMessageBox, QWidget)
+from PySide6.QtWidgets import (QAbstractSpinBox, QApplication, QDockWidget, QFileDialog, QFrame, QLabel,
+                               QMainWindow, QMessageBox, QScrollArea, QWidget)
 
 from .. import __version__
 from ..core import paths
@@ -42,6 +42,8 @@ keep_singletons_alive()  # before any widget exists (see compat.py)
 STATE_VERSION = 2  # 2: History beside Presets
 LORA_SUFFIX = ".safetensors"
 AUTOSAVE_FILE = "autosave.json"
+DEFAULT_SIZE = (1280, 800)
+FRAME_ALLOWANCE = 48  # a title bar and borders, before the window manager says how large they are
 
 
 class _ExposeWatcher(QObject):
@@ -57,6 +59,17 @@ class _ExposeWatcher(QObject):
             # The backing store is flushed while the expose event is handled; report right after.
             QTimer.singleShot(0, self._window._on_first_exposed)
         return False
+
+
+def scrollable(widget: QWidget) -> QScrollArea:
+    """The panel fills the area when there is room and scrolls when there is not (a small screen, or
+    200 % scaling): the window can then always fit the screen."""
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # Tab goes into the panel, not to the scroller
+    return area
 
 
 class MainWindow(QMainWindow):
@@ -87,13 +100,15 @@ class MainWindow(QMainWindow):
         # Created in the order Tab visits them: the list, the editor, the impact view, presets, output.
         self.lora_panel = LoraPanel(self.session)
         self.editor = WeightEditor(self.session)
-        self.setCentralWidget(self.editor)
+        self.setCentralWidget(scrollable(self.editor))
         self.impact = ImpactView(self.session)
         self.presets = PresetPanel(self.session, lambda: self.settings.folder("presets"))
         self.output = OutputPanel(self.session, self.merge_controller)
         self.lora_dock = self._dock("LoRAs", "loras", self.lora_panel, Qt.DockWidgetArea.TopDockWidgetArea)
-        self.impact_dock = self._dock("Impact", "impact", self.impact, Qt.DockWidgetArea.BottomDockWidgetArea)
-        self.preset_dock = self._dock("Presets", "presets", self.presets, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.impact_dock = self._dock("Impact", "impact", scrollable(self.impact),
+                                      Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.preset_dock = self._dock("Presets", "presets", scrollable(self.presets),
+                                      Qt.DockWidgetArea.RightDockWidgetArea)
         self.output_dock = self._dock("Output", "output", self.output, Qt.DockWidgetArea.RightDockWidgetArea)
         self.splitDockWidget(self.preset_dock, self.output_dock, Qt.Orientation.Vertical)
         self.history = HistoryView(self.session.history)
@@ -123,6 +138,7 @@ class MainWindow(QMainWindow):
         self.output.revealFailed.connect(self._show_message)
         self.presets.folderUsed.connect(lambda folder: self.settings.set_folder("presets", folder))
         self._restore_output_choices()
+        self._default_state = self.saveState(STATE_VERSION)
         self._restore_layout()
         self._update_title()
         app = QApplication.instance()
@@ -288,6 +304,7 @@ class MainWindow(QMainWindow):
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
+        self.fit_to_screen()
         if not self.first_shown and self.windowHandle() is not None and not hasattr(self, "_expose_watcher"):
             self._expose_watcher = _ExposeWatcher(self)
             self.windowHandle().installEventFilter(self._expose_watcher)
@@ -298,6 +315,7 @@ class MainWindow(QMainWindow):
         if self.first_shown or self._closing:
             return
         self.first_shown = True
+        self.fit_to_screen()  # the window manager's frame is known now
         self.shown.emit()
         # Only now: these import torch or read files, on workers, after the window is up.
         self.tasks.start("devices", jobs.probe_devices, on_result=self._on_devices,
@@ -557,17 +575,15 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(text, 10000)
 
     def reset_layout(self) -> None:
-        for dock, area in ((self.lora_dock, Qt.DockWidgetArea.TopDockWidgetArea),
-                           (self.impact_dock, Qt.DockWidgetArea.BottomDockWidgetArea),
-                           (self.preset_dock, Qt.DockWidgetArea.RightDockWidgetArea),
-                           (self.output_dock, Qt.DockWidgetArea.RightDockWidgetArea)):
+        """View ▸ Reset layout: the docks as the app first arranged them (saved before any restore)."""
+        # Take the window system's pending resize first: restoring a state in the same event-loop turn
+        # as show() crashes Qt inside the dock layout when docks hold scroll areas.
+        QApplication.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
+        self.restoreState(self._default_state, STATE_VERSION)
+        for dock in (self.lora_dock, self.impact_dock, self.preset_dock, self.output_dock):
             dock.setFloating(False)
-            self.addDockWidget(area, dock)
             dock.show()
-        self.splitDockWidget(self.preset_dock, self.output_dock, Qt.Orientation.Vertical)
-        self.tabifyDockWidget(self.preset_dock, self.history_dock)
         self.preset_dock.raise_()
-        self.history_dock.hide()
         self._default_sizes()
 
     def _default_sizes(self) -> None:
@@ -590,11 +606,30 @@ class MainWindow(QMainWindow):
         else:
             screen = QApplication.primaryScreen()
             available = screen.availableGeometry() if screen is not None else None
-            width, height = 1280, 800
-            if available is not None:
-                width, height = min(width, available.width()), min(height, available.height())
+            width, height = DEFAULT_SIZE
+            if available is not None and (available.width() < width + FRAME_ALLOWANCE
+                                          or available.height() < height + FRAME_ALLOWANCE):
+                # A small screen (or 200 % scaling): the whole screen, title bar and status bar included.
+                width = available.width() - FRAME_ALLOWANCE // 2
+                height = available.height() - FRAME_ALLOWANCE
+                self.setWindowState(Qt.WindowState.WindowMaximized)
             self.resize(width, height)
         self._default_sizes()
+
+    def fit_to_screen(self) -> None:
+        """Shrink and move the window so that its frame lies on its screen (restored or first layouts
+        may not fit a smaller screen or a larger scale than the ones they were made on)."""
+        screen = self.screen() or QApplication.primaryScreen()
+        if screen is None or self.isMaximized() or self.isFullScreen():
+            return
+        available, frame = screen.availableGeometry(), self.frameGeometry()
+        if available.contains(frame):
+            return
+        extra_width, extra_height = frame.width() - self.width(), frame.height() - self.height()
+        self.resize(min(self.width(), available.width() - extra_width),
+                    min(self.height(), available.height() - extra_height))
+        self.move(max(available.left(), min(frame.left(), available.right() - self.frameGeometry().width() + 1)),
+                  max(available.top(), min(frame.top(), available.bottom() - self.frameGeometry().height() + 1)))
 
     def _save_layout(self) -> None:
         self.settings.set_value("window/geometry", self.saveGeometry())

@@ -8,9 +8,9 @@ import os
 import time
 
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QHBoxLayout, QLabel,
+                               QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox,
+                               QToolButton, QVBoxLayout, QWidget)
 
 from ..core import options
 from ..core.errors import ZLoraError
@@ -173,15 +173,20 @@ class OutputPanel(QWidget):
         path_note_row.setContentsMargins(0, 0, 0, 0)
         path_note_row.addWidget(self.path_note, 1)
         path_note_row.addWidget(self.create_folder_button, 0, Qt.AlignmentFlag.AlignTop)
-        form.addRow("&Output:", path_row)
+        def label(text: str, buddy: QWidget) -> QLabel:
+            widget = QLabel(text, self)  # parented now: a form layout does not own its label widgets
+            widget.setBuddy(buddy)  # Alt+letter moves the focus to the field
+            return widget
+
+        form.addRow(label("&Output:", self.path), path_row)
         form.addRow("", path_note_row)
-        form.addRow("&Format:", self.format)
+        form.addRow(label("&Format:", self.format), self.format)
         form.addRow("", self.format_note)
-        form.addRow("M&ethod:", self.method)
-        form.addRow("&Rank:", self.rank_row)
+        form.addRow(label("M&ethod:", self.method), self.method)
+        form.addRow(label("&Rank:", self.rank), self.rank_row)
         form.addRow("", self.rank_note)
-        form.addRow("&Precision:", precision_row)
-        form.addRow("De&vice:", device_row)
+        form.addRow(label("&Precision:", self.dtype), precision_row)
+        form.addRow(label("De&vice:", self.device), device_row)
         actions = QHBoxLayout()
         actions.setContentsMargins(0, 0, 0, 0)
         actions.addWidget(self.merge_button, 2)
@@ -190,14 +195,30 @@ class OutputPanel(QWidget):
         result_row.setContentsMargins(0, 0, 0, 0)
         result_row.addWidget(self.result, 1)
         result_row.addWidget(self.show_button, 0, Qt.AlignmentFlag.AlignTop)
+        # Settings, buttons and result scroll when the dock is short (a small screen, 200 % scaling),
+        # so that the window always fits the screen; the log takes what height is left.
+        settings = QWidget()
+        settings_layout = QVBoxLayout(settings)
+        settings_layout.setContentsMargins(6, 2, 6, 0)
+        settings_layout.setSpacing(4)
+        settings_layout.addLayout(form)
+        settings_layout.addLayout(actions)
+        settings_layout.addWidget(self.progress)
+        settings_layout.addLayout(result_row)
+        self.settings_area = QScrollArea()
+        self.settings_area.setWidget(settings)
+        self.settings_area.setWidgetResizable(True)
+        self.settings_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.settings_area.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.settings_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 2, 6, 4)
+        layout.setContentsMargins(0, 0, 0, 4)
         layout.setSpacing(4)
-        layout.addLayout(form)
-        layout.addLayout(actions)
-        layout.addWidget(self.progress)
-        layout.addLayout(result_row)
-        layout.addWidget(self.log_view, 1)
+        layout.addWidget(self.settings_area, 3)
+        log_row = QVBoxLayout()
+        log_row.setContentsMargins(6, 0, 6, 0)
+        log_row.addWidget(self.log_view)
+        layout.addLayout(log_row, 1)
 
         for combo, key in ((self.format, "format"), (self.method, "method"), (self.dtype, "dtype"),
                            (self.device, "device")):
