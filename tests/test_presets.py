@@ -57,19 +57,64 @@ def test_corrupt_user_file_is_kept_aside_and_reported(tmp_path):
     (tmp_path / "presets.json").write_text("{not json", encoding="utf-8")
     store = PresetStore(tmp_path)
     assert store.user == [] and len(store.problems) == 1
+    assert "could not be read" in store.problems[0] and "presets.json.corrupt-1" in store.problems[0]
     backups = list(tmp_path.glob("presets.json.corrupt-*"))
     assert len(backups) == 1 and backups[0].read_text() == "{not json"
     store.save("fresh", "q=0")
     assert PresetStore(tmp_path).get("fresh").weights == "q=0"
 
 
+def test_a_corrupt_file_is_backed_up_once_not_at_every_start(tmp_path):
+    user_file = tmp_path / "presets.json"
+    user_file.write_text("{not json", encoding="utf-8")
+    for _ in range(3):
+        store = PresetStore(tmp_path)
+        assert "presets.json.corrupt-1" in store.problems[0]
+    assert sorted(p.name for p in tmp_path.glob("presets.json.corrupt-*")) == ["presets.json.corrupt-1"]
+    # Damaged differently later: that file is kept too, beside the first.
+    user_file.write_text("[1, 2", encoding="utf-8")
+    PresetStore(tmp_path)
+    PresetStore(tmp_path)
+    backups = sorted(tmp_path.glob("presets.json.corrupt-*"))
+    assert [p.read_text() for p in backups] == ["{not json", "[1, 2"]
+    assert user_file.read_text() == "[1, 2"  # the user's file itself is left as it is
+
+
 def test_one_bad_entry_does_not_lose_the_others(tmp_path):
-    data = {"presets": [{"name": "good", "weights": "q=0"}, {"name": "bad", "weights": "L99=1"}, {"x": 1}]}
+    data = {"presets": [{"name": "good", "weights": "q=0"}, {"name": "bad", "weights": "L99=1"}, {"x": 1},
+                        "text", {"name": "also good", "weights": "k=0.5", "description": 3},
+                        {"name": "last", "weights": "v=2"}]}
     (tmp_path / "presets.json").write_text(json.dumps(data), encoding="utf-8")
     store = PresetStore(tmp_path)
-    assert [p.name for p in store.user] == ["good"]
-    assert len(store.problems) == 2 and "bad" not in [p.name for p in store.user]
-    assert list(tmp_path.glob("presets.json.corrupt-*"))
+    assert [p.name for p in store.user] == ["good", "last"]
+    assert len(store.problems) == 1
+    problem = store.problems[0]
+    for skipped in ("#2", "#3", "#4", "#5"):
+        assert f"preset {skipped} skipped" in problem
+    assert "'description' is not text" in problem and "presets.json.corrupt-1" in problem
+    PresetStore(tmp_path)
+    assert len(list(tmp_path.glob("presets.json.corrupt-*"))) == 1
+
+
+def test_presets_of_a_file_with_broken_json_are_recovered(tmp_path):
+    good = json.dumps({"version": 1, "presets": [{"name": "one", "weights": "q=0"},
+                                                 {"name": "two", "weights": "L03.w2=1.5", "category": "user"},
+                                                 {"name": "three", "weights": "k=0.5"}]}, indent=2)
+    broken = good.replace('"two"', '"two",,')  # a hand edit gone wrong in one preset
+    cut = good[: good.index('"three"')]  # and a file cut short
+    for text, names in ((broken, ["one", "three"]), (cut, ["one", "two"])):
+        (tmp_path / "presets.json").write_text(text, encoding="utf-8")
+        store = PresetStore(tmp_path)
+        assert [p.name for p in store.user] == names
+        assert "not valid JSON" in store.problems[0] and "2 presets recovered" in store.problems[0]
+
+
+def test_an_unwritable_presets_folder_is_a_clean_error(tmp_path):
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("x")
+    store = PresetStore(blocked)
+    with pytest.raises(ZLoraError, match="cannot save presets"):
+        store.save("mine", "q=0")
 
 
 def test_import_export_json_and_lbw(tmp_path):

@@ -1,8 +1,10 @@
 """Block-weight presets: built-in ones (resources/presets.json) and the user's own.
 
 User presets live in ``presets.json`` in the user data folder. A corrupt file never loses
-anything: it is copied aside to ``presets.json.corrupt-<n>`` and what could not be read is
-reported in ``PresetStore.problems``.
+anything: what can still be read loads (the good presets beside a bad one, the presets of a
+file whose JSON is broken elsewhere), the file is copied aside once to
+``presets.json.corrupt-<n>`` (not again at the next start while a copy with the same bytes
+exists), and what could not be read is reported in ``PresetStore.problems``.
 """
 
 from __future__ import annotations
@@ -147,34 +149,89 @@ class PresetStore:
 
     def _load_user(self) -> None:
         path = self.user_file
-        if not path.exists():
-            return
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            entries = data["presets"]
-            if not isinstance(entries, list):
-                raise TypeError
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            backup = _backup(path)
-            self.problems.append(f"{path} could not be read; it was kept as {backup.name} and a fresh "
-                                 f"preset file will be started")
+            raw = path.read_bytes()
+        except FileNotFoundError:
             return
+        except OSError as exc:
+            self.problems.append(f"{path} could not be read ({exc.strerror or exc}); your presets are not shown")
+            return
+        entries, damage = _user_entries(raw)
+        skipped: list[str] = []
         for index, entry in enumerate(entries):
             try:
-                preset = Preset(str(entry["name"]), str(entry.get("category", "user")),
-                                str(entry.get("description", "")), str(entry["weights"]))
+                if not isinstance(entry, dict):
+                    raise ZLoraError("not an object")
+                preset = Preset(_text(entry, "name"), _text(entry, "category", "user"),
+                                _text(entry, "description", ""), _text(entry, "weights"))
                 BlockWeights.parse(preset.weights)
-            except (KeyError, TypeError, ZLoraError) as exc:
-                self.problems.append(f"{path}: preset #{index + 1} skipped ({exc})")
+            except ZLoraError as exc:
+                skipped.append(f"preset #{index + 1} skipped ({exc})")
                 continue
-            self.user.append(preset)
-        if self.problems:
-            _backup(path)
+            self.user = [p for p in self.user if p.name != preset.name] + [preset]
+        if damage is None and not skipped:
+            return
+        try:
+            kept = f"it was kept as {_backup(path, raw).name}"
+        except OSError as exc:
+            kept = f"it could not be copied aside ({exc.strerror or exc})"
+        if damage is not None:
+            found = f"{len(self.user)} presets recovered" if self.user else "a fresh preset file will be started"
+            self.problems.append(f"{path} could not be read ({damage}); {kept}; {found}")
+        if skipped:
+            self.problems.append(f"{path}: {'; '.join(skipped)}; {kept}")
 
     def _write(self) -> None:
-        self.user_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"version": 1, "presets": [p.to_json() for p in self.user]}, indent=2) + "\n"
-        atomic_write_text(self.user_file, text)
+        try:
+            self.user_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.user_file, text)
+        except OSError as exc:
+            raise ZLoraError(f"cannot save presets ({exc.strerror or exc})", self.user_file) from None
+
+
+def _text(entry: dict, key: str, default: str | None = None) -> str:
+    value = entry.get(key, default)
+    if not isinstance(value, str):
+        raise ZLoraError(f"'{key}' missing" if value is None else f"'{key}' is not text")
+    return value
+
+
+def _user_entries(raw: bytes) -> tuple[list, str | None]:
+    """(preset entries, what is wrong with the file as a whole or None) of a user presets file.
+
+    Where the file is not valid JSON (cut short, a stray character), every complete preset
+    object in it is still found: each ``{...}`` holding a name and weights.
+    """
+    text = raw.decode("utf-8", errors="replace")
+    damage = None if text == raw.decode("utf-8", errors="ignore") else "not UTF-8 text"
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        message = f"not valid JSON: {exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) \
+            else "not valid JSON"
+        return _salvage(text), message
+    if not isinstance(data, dict) or not isinstance(data.get("presets"), list):
+        return [], damage or "no list of presets in it"
+    return data["presets"], damage
+
+
+def _salvage(text: str) -> list[dict]:
+    decoder = json.JSONDecoder()
+    found = []
+    position = text.find("{", 1)
+    while position != -1:
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except (ValueError, RecursionError):
+            position = text.find("{", position + 1)
+            continue
+        if isinstance(value, dict) and "name" in value and "weights" in value:
+            found.append(value)
+            position = text.find("{", end)
+        else:
+            position = text.find("{", position + 1)
+    return found
 
 
 def parse_presets_text(text: str) -> list[Preset]:
@@ -202,21 +259,35 @@ def parse_presets_text(text: str) -> list[Preset]:
     return [Preset(name, "user", "imported from LBW", weights.to_text()) for name, weights in parse_lbw_lines(text)]
 
 
-def _backup(path: Path) -> Path:
+def _backup(path: Path, raw: bytes) -> Path:
+    """Copy a damaged file aside as ``<name>.corrupt-<n>``: once, whatever the number of starts."""
     index = 1
     while True:
         backup = path.with_name(f"{path.name}.corrupt-{index}")
         if not backup.exists():
             break
+        try:
+            if backup.read_bytes() == raw:
+                return backup  # this very file is kept already
+        except OSError:
+            pass
         index += 1
-    backup.write_bytes(path.read_bytes())
+    atomic_write_bytes(backup, raw)
     return backup
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write beside ``path``, fsync, rename: ``path`` is the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
