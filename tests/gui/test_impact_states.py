@@ -58,3 +58,29 @@ def test_a_failed_norms_analysis_shows_its_message_in_the_impact_area(qtbot, win
     assert "not a safetensors file" in plot.message
     assert not any(section.pending_rows for section in plot.sections)
     assert "computing" not in plot.message
+
+
+def test_the_heat_maps_are_read_cell_by_cell_from_the_keyboard(qtbot, window, samples):
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QToolTip
+
+    from zlora_desktop.core import model as zit
+    from zlora_desktop.gui.impact_view import COLUMNS
+
+    add_and_wait(qtbot, window, [samples.style, samples.style_comfy])
+    wait_impact(qtbot, window)
+    plot = window.impact.plot
+    assert plot.focusPolicy() & Qt.FocusPolicy.TabFocus
+    plot.setFocus(Qt.FocusReason.TabFocusReason)
+    assert plot.cursor == (0, 0, 0)
+    for _ in range(5):
+        QTest.keyClick(plot, Qt.Key.Key_Right)
+    QTest.keyClick(plot, Qt.Key.Key_Down)  # NR0 … L01 → L01; adaLN → q
+    assert plot.cursor == (0, 1, 5)
+    assert COLUMNS[5] == "L01" and zit.COMPONENTS[1] == "q"
+    assert QToolTip.isVisible() and "L01.q: ‖ΔW‖ = " in QToolTip.text()
+    for _ in range(len(zit.COMPONENTS) * 2):  # down through both strength maps into the overlaps
+        QTest.keyClick(plot, Qt.Key.Key_Down)
+    assert plot.cursor == (2, 0, 5)
+    assert "cos = " in QToolTip.text() and "style_comfy" in QToolTip.text()

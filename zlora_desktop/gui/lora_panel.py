@@ -33,7 +33,7 @@ SLIDER_LOW, SLIDER_HIGH = -1.0, 2.0
 SLIDER_SCALE = 100  # positions per unit: an arrow key moves 0.01
 SLIDER_PAGE = 5  # PageUp/PageDown and a click beside the handle: 0.05
 SLIDER_MIN_WIDTH = 240
-DETAIL_ROWS = 6  # rows the table asks room for
+TABLE_ROWS = 6  # rows the table asks room for
 ERROR_COLOUR = "#c62828"
 
 _gestures = itertools.count(1)
@@ -43,6 +43,10 @@ def ratio_text(ratio: float) -> str:
     """Two decimals, more only when the value has them (a ratio typed into a recipe)."""
     text = f"{ratio:.2f}"
     return text if float(text) == ratio else f"{ratio:g}"
+
+
+def _minus(value: float) -> str:
+    return f"{value:g}".replace("-", "−")  # a real minus sign, as wide as the plus
 
 
 def elide_at_word(text: str, metrics, width: int) -> str:
@@ -134,9 +138,18 @@ class RatioEditor(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(6)
+        # The slider's ends, so that its ticks (every 0.5) read as a scale.
+        self.low_label = QLabel(_minus(SLIDER_LOW))
+        self.high_label = QLabel(_minus(SLIDER_HIGH))
+        for end in (self.low_label, self.high_label):
+            end.setForegroundRole(QPalette.ColorRole.PlaceholderText)
         layout.addWidget(self.label)
         layout.addWidget(self.spin)
+        layout.addSpacing(6)
+        layout.addWidget(self.low_label)
         layout.addWidget(self.slider, 1)
+        layout.addWidget(self.high_label)
+        layout.addSpacing(6)
         layout.addWidget(self.reset_button)
         self.spin.valueChanged.connect(self._on_spin)
         self.spin.editingFinished.connect(self._new_gesture)
@@ -472,7 +485,8 @@ class LoraPanel(QWidget):
                 + detail_lines * self.fontMetrics().lineSpacing())
 
     def sizeHint(self) -> QSize:
-        return QSize(900, self._rows_height(DETAIL_ROWS) + self._chrome_height(2))
+        # Three lines of details: the file's facts and a wrapped warning or reason.
+        return QSize(900, self._rows_height(TABLE_ROWS) + self._chrome_height(3))
 
     def minimumSizeHint(self) -> QSize:
         return QSize(420, self._rows_height(2) + self._chrome_height(1))
