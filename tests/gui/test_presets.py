@@ -12,6 +12,7 @@ from PySide6.QtTest import QTest
 
 from zlora_desktop.core.presets import PresetStore
 from zlora_desktop.core.weights import BlockWeights
+from zlora_desktop.gui.colors import weight_color
 
 from .helpers import wait_loaded
 
@@ -182,9 +183,68 @@ def test_a_category_tab_applies_its_presets_in_one_click(qtbot, two):
     window, (first, second) = two
     tab = window.editor.category_tabs["light"]
     window.editor.tabs.setCurrentWidget(tab)
-    assert sorted(tab.preset_buttons) == ["light-off", "light-only", "light-soft"]
-    QTest.mouseClick(tab.preset_buttons["light-off"], Qt.MouseButton.LeftButton)
-    assert first.weights == BlockWeights.parse("adaLN=0, v=0") and second.weights.is_identity()
-    assert tab.sliders["L04"].value_label.text() == "0"  # the tab shows what it just applied
+    # light-off and light-only, limited to adaLN and v, are what Off and Reset do: no button for them.
+    assert sorted(tab.preset_buttons) == ["light-soft"]
+    assert sorted(window.editor.category_tabs["face"].preset_buttons) == ["face-boost", "face-layers"]
+    QTest.mouseClick(tab.preset_buttons["light-soft"], Qt.MouseButton.LeftButton)
+    assert first.weights == BlockWeights.parse("adaLN=0.5, v=0.5") and second.weights.is_identity()
+    assert tab.sliders["L04"].value_label.text() == "0.5"  # the tab shows what it just applied
+    window.session.undo_stack.undo()
     QTest.mouseClick(tab.preset_buttons["light-soft"], Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier)
     assert first.weights == second.weights == BlockWeights.parse("adaLN=0.5, v=0.5")
+
+
+def test_an_effect_tab_preset_changes_only_that_tabs_components(qtbot, two):
+    window, (first, second) = two
+    session = window.session
+    session.set_cells(first.id, {("L03", "q"): 0.4, ("L05", "adaLN"): 0.7, ("L05", "w1"): 0.3}, other=0.8)
+    before = first.weights.copy()
+    tab = window.editor.category_tabs["face"]
+    window.editor.tabs.setCurrentWidget(tab)
+    button = tab.preset_buttons["face-layers"]
+    assert "other components keep their values" in button.toolTip()
+    QTest.mouseClick(button, Qt.MouseButton.LeftButton)
+    preset = session.store.get("face-layers").block_weights()  # default=0, L16-L24=1
+    for (block, comp), value in first.weights.cells.items():
+        expected = preset.get(block, comp) if comp in tab.components else before.get(block, comp)
+        assert value == expected, (block, comp)
+    assert first.weights.get("L03", "q") == 0.4 and first.weights.get("L05", "adaLN") == 0.7  # kept
+    assert first.weights.get("L05", "w1") == 0.0 and first.weights.get("L16", "v") == 1.0  # the preset's
+    assert first.weights.get("L02", "q") == 1.0  # the preset has 0 there, but q is not this tab's
+    assert first.weights.other == 0.8
+    assert second.weights.is_identity()
+    session.undo_stack.undo()
+    assert first.weights == before
+
+
+def test_a_click_on_a_preset_shows_its_grid_and_changes_nothing(qtbot, two):
+    window, (first, _second) = two
+    panel = window.presets
+    tree = panel.tree
+    steps = window.session.undo_stack.count()
+    item = panel.item_for("face-only")
+    tree.scrollToItem(item)
+    QTest.mouseClick(tree.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     tree.visualItemRect(item).center())
+    assert first.weights.is_identity() and window.session.undo_stack.count() == steps
+    grid = window.session.store.get("face-only").block_weights()
+    preview = panel.preview
+    assert preview.isVisible() and preview.weights() == grid
+    image = preview.grab().toImage()
+    for block, comp in (("L03", "q"), ("L03", "v"), ("NR1", "adaLN"), ("L29", "w3")):
+        pixel = image.pixelColor(preview.cell_rect(block, comp).center())
+        assert pixel.rgb() == weight_color(grid.get(block, comp)).rgb(), (block, comp)
+    assert "v and the FFN" in panel.info.text()
+    assert panel.apply_button.isEnabled() and panel.apply_button.isVisible()
+
+
+def test_enter_applies_the_selected_preset_and_shift_enter_applies_it_to_all(qtbot, two):
+    window, (first, second) = two
+    panel = window.presets
+    panel.tree.setFocus()
+    panel.select("layers-late")
+    QTest.keyClick(panel.tree, Qt.Key.Key_Return)
+    assert first.weights == BlockWeights.parse("default=0, L21-L29=1") and second.weights.is_identity()
+    panel.select("refiners-off")
+    QTest.keyClick(panel.tree, Qt.Key.Key_Enter, Qt.KeyboardModifier.ShiftModifier)
+    assert first.weights == second.weights == BlockWeights.parse("NR=0, CR=0")

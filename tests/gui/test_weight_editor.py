@@ -104,7 +104,7 @@ def test_other_modules_weight(qtbot, loaded):
     assert window.editor.text.text() == "other=0"
 
 
-def test_category_tab_sliders_set_only_that_category_and_its_master_sets_every_block(qtbot, loaded):
+def test_category_tab_sliders_set_only_that_category_and_its_master_scales_every_block(qtbot, loaded):
     window, entry = loaded
     tab = window.editor.category_tabs["face"]
     assert tab.components == ("v", "w1", "w2", "w3")
@@ -114,7 +114,7 @@ def test_category_tab_sliders_set_only_that_category_and_its_master_sets_every_b
     grid_model = window.editor.all_blocks.grid_model
     assert grid_model.data(grid_model.index_of("L16", "w2")) == "1.5"  # the grid follows
     assert tab.sliders["L16"].value_label.text() == "1.5"
-    # The master sets v and the FFN in every block, nothing else.
+    # The master scales v and the FFN in every block, nothing else: ×0 turns them off.
     tab.master_spin.setValue(0.0)
     assert all(entry.weights.get(b, c) == 0.0 for b in zit.BLOCKS for c in tab.components)
     assert all(entry.weights.get(b, "q") == 1.0 for b in zit.BLOCKS)

@@ -7,17 +7,20 @@ from __future__ import annotations
 import itertools
 import math
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSize, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QDoubleValidator, QFont, QPainter, QPalette, QPen
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDoubleSpinBox, QFrame, QGridLayout, QHBoxLayout,
-                               QHeaderView, QInputDialog, QLabel, QLineEdit, QMenu, QPushButton, QScrollArea,
-                               QSizePolicy, QSlider, QStyle, QStyledItemDelegate, QTableView, QTabWidget, QToolButton,
+from PySide6.QtCore import QAbstractTableModel, QEvent, QModelIndex, QSize, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QDoubleValidator, QFont, QFontInfo, QFontMetrics, QPainter, QPalette, QPen
+from PySide6.QtWidgets import (QAbstractItemDelegate, QAbstractItemView, QApplication, QDialog, QDialogButtonBox,
+                               QDoubleSpinBox, QFrame, QGridLayout, QHBoxLayout, QHeaderView, QInputDialog, QLabel,
+                               QLineEdit, QMenu, QPushButton, QScrollArea, QSizePolicy, QSlider, QStackedWidget,
+                               QStyle, QStyledItemDelegate, QTableView, QTabWidget, QTextBrowser, QToolButton,
                                QVBoxLayout, QWidget)
 
 from ..core import model as zit
 from ..core.errors import ZLoraError
+from ..core.model import has_cell
 from ..core.weights import BlockWeights, format_value
 from .colors import text_color_on, weight_color
+from .tooltips import rich_tooltip as tip
 
 COMPONENT_NAMES = {
     "adaLN": "adaLN modulation (adaLN_modulation.0)",
@@ -43,19 +46,40 @@ LAYER_BANDS = (("L00", "L08", "composition · framing"), ("L09", "L20", "anatomy
                ("L21", "L29", "texture · skin · light"))
 SLIDER_SCALE = 100  # slider units per 1.0 of weight
 SLIDER_MIN, SLIDER_MAX = -1.0, 2.0
+MASTER_MAX = 2.0  # the master slider scales by ×0 … ×2; its spin box takes larger factors
+# Space a value's text leaves in its cell (px), so neighbouring values never run together.
+CELL_MARGIN = 4
+WIDEST_VALUE = "8.88"  # the widest text at two decimals; a rarer "-1.25" is shortened to fit
+MIN_CELL_POINTS = 6.5  # the grid's font never gets smaller: below it the grid scrolls
 
 _gesture_ids = itertools.count(1)
 
 
-def absent(block: str, comp: str) -> bool:
-    """Context refiners have no adaLN: that cell matches no module."""
-    return block.startswith("CR") and comp == "adaLN"
-
-
-def short_value(value: float) -> str:
-    if float(value).is_integer():
+def short_value(value: float, decimals: int = 2) -> str:
+    """At most ``decimals`` decimals, no trailing zeros (tooltips have the exact value)."""
+    value = round(float(value), decimals)
+    if value.is_integer():
         return str(int(value))
-    return f"{value:.2f}".rstrip("0").rstrip(".")  # the tooltip has the exact value
+    return f"{value:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def fitted_value(value: float, metrics: QFontMetrics, width: int) -> str:
+    """The most precise text of ``value`` that fits ``width`` px: two decimals, then without the
+    leading zero ("-.25"), then fewer decimals."""
+    candidates = []
+    for decimals in (2, 1, 0):
+        text = short_value(value, decimals)
+        candidates.append(text)
+        if text.startswith(("0.", "-0.")):
+            candidates.append(text.replace("0.", ".", 1))
+    return next((t for t in candidates if metrics.horizontalAdvance(t) <= width), candidates[-1])
+
+
+def scaled_font(font: QFont, factor: float, floor: float = 6.0) -> QFont:
+    scaled = QFont(font)
+    points = font.pointSizeF() if font.pointSizeF() > 0 else QFontInfo(font).pointSizeF()  # pixel-sized fonts
+    scaled.setPointSizeF(max(points * factor, floor))
+    return scaled
 
 
 def category_roles(categories) -> dict[str, list[str]]:
@@ -65,6 +89,40 @@ def category_roles(categories) -> dict[str, list[str]]:
         for comp in category.components:
             roles[comp].append(category.label.lower())
     return roles
+
+
+# ---- controls that behave the same everywhere in the editor -------------------------------------
+
+
+class _WheelOnlyWhenFocused:
+    """The wheel changes only the focused control's value; over an unfocused one it scrolls the page."""
+
+    def wheelEvent(self, event) -> None:  # noqa: N802
+        if not self.hasFocus():
+            event.ignore()
+            return
+        super().wheelEvent(event)
+
+
+class Slider(_WheelOnlyWhenFocused, QSlider):
+    def __init__(self, orientation, parent=None):
+        super().__init__(orientation, parent)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # Tab and click focus it; a passing wheel does not
+
+
+class SpinBox(_WheelOnlyWhenFocused, QDoubleSpinBox):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # not WheelFocus: scrolling past it does not grab it
+
+
+def tool_button(text: str, tooltip: str, slot) -> QToolButton:
+    button = QToolButton()
+    button.setText(text)
+    button.setToolTip(tip(tooltip))
+    button.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # tool buttons are Tab stops like every other control
+    button.clicked.connect(slot)
+    return button
 
 
 # ---- the full grid ---------------------------------------------------------------------------
@@ -96,15 +154,15 @@ class WeightGridModel(QAbstractTableModel):
     def index_of(self, block: str, comp: str) -> QModelIndex:
         return self.index(zit.COMPONENTS.index(comp), zit.BLOCKS.index(block))
 
-    def rowCount(self, parent=QModelIndex()) -> int:
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802
         return 0 if parent.isValid() else len(zit.COMPONENTS)
 
-    def columnCount(self, parent=QModelIndex()) -> int:
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802
         return 0 if parent.isValid() else len(zit.BLOCKS)
 
     def flags(self, index):
         block, comp = self.cell(index)
-        if absent(block, comp) or not self._enabled:
+        if not has_cell(block, comp) or not self._enabled:
             return Qt.ItemFlag.NoItemFlags
         return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEditable
 
@@ -112,7 +170,7 @@ class WeightGridModel(QAbstractTableModel):
         if not index.isValid():
             return None
         block, comp = self.cell(index)
-        if absent(block, comp):
+        if not has_cell(block, comp):
             if role == Qt.ItemDataRole.ToolTipRole:
                 return f"{block} is a context refiner: it has no adaLN"
             return None
@@ -126,31 +184,31 @@ class WeightGridModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             module = zit.module_name(block, comp)
             roles = ", ".join(self._roles.get(comp, [])) or "—"
-            return f"{block}.{comp} = {format_value(value)}\n{module}\nDrives: {roles}"
+            return tip(f"{block}.{comp} = {format_value(value)}\n{module}\nDrives: {roles}")
         return None
 
-    def setData(self, index, value, role=Qt.ItemDataRole.EditRole) -> bool:
+    def setData(self, index, value, role=Qt.ItemDataRole.EditRole) -> bool:  # noqa: N802
         if role != Qt.ItemDataRole.EditRole or not index.isValid():
             return False
         block, comp = self.cell(index)
         self.editRequested.emit({(block, comp): float(value)}, f"Set {block}.{comp} to {format_value(value)}")
         return True
 
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
         if orientation == Qt.Orientation.Horizontal:
             block = zit.BLOCKS[section]
             if role == Qt.ItemDataRole.DisplayRole:
                 return block
             if role == Qt.ItemDataRole.ToolTipRole:
                 kind = {"NR": "noise refiner", "CR": "context refiner (text tokens, no adaLN)"}.get(block[:2], "layer")
-                return f"{block}: {kind} ({zit.block_prefix(block)}). Click to select the whole block."
+                return tip(f"{block}: {kind} ({zit.block_prefix(block)}). Click to select the whole block.")
         else:
             comp = zit.COMPONENTS[section]
             if role == Qt.ItemDataRole.DisplayRole:
                 return comp
             if role == Qt.ItemDataRole.ToolTipRole:
                 roles = ", ".join(self._roles.get(comp, [])) or "—"
-                return f"{comp}: {COMPONENT_NAMES[comp]}\nDrives: {roles}\nClick to select it in every block."
+                return tip(f"{comp}: {COMPONENT_NAMES[comp]}\nDrives: {roles}\nClick to select it in every block.")
         return None
 
 
@@ -167,10 +225,11 @@ class HeatDelegate(QStyledItemDelegate):
             painter.restore()
             return
         painter.fillRect(rect, background)
-        text = index.data(Qt.ItemDataRole.DisplayRole)
-        if text:
+        value = index.data(Qt.ItemDataRole.EditRole)
+        if value is not None:
             painter.setPen(text_color_on(background))
             painter.setFont(option.font)
+            text = fitted_value(value, QFontMetrics(option.font), option.rect.width() - CELL_MARGIN)
             painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, text)
         if option.state & QStyle.StateFlag.State_Selected:
             highlight = option.palette.color(QPalette.ColorRole.Highlight)
@@ -181,7 +240,7 @@ class HeatDelegate(QStyledItemDelegate):
             painter.fillRect(rect, fill)
         painter.restore()
 
-    def createEditor(self, parent, option, index):
+    def createEditor(self, parent, option, index):  # noqa: N802
         editor = QLineEdit(parent)
         validator = QDoubleValidator(-1e6, 1e6, 6, editor)
         validator.setNotation(QDoubleValidator.Notation.StandardNotation)
@@ -190,12 +249,12 @@ class HeatDelegate(QStyledItemDelegate):
         editor.setFrame(False)
         return editor
 
-    def setEditorData(self, editor, index) -> None:
+    def setEditorData(self, editor, index) -> None:  # noqa: N802
         if not editor.text():  # keep the key that opened the editor, as a spreadsheet does
             editor.setText(format_value(index.data(Qt.ItemDataRole.EditRole)))
             editor.selectAll()
 
-    def setModelData(self, editor, model, index) -> None:
+    def setModelData(self, editor, model, index) -> None:  # noqa: N802
         text = editor.text().strip().replace(",", ".")
         try:
             value = float(text)
@@ -223,25 +282,29 @@ class WeightGridView(QTableView):
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked | QAbstractItemView.EditTrigger.EditKeyPressed
                              | QAbstractItemView.EditTrigger.AnyKeyPressed)
+        self.setTabKeyNavigation(False)  # arrows move between cells; Tab leaves the grid
         self.setShowGrid(False)
         self.setWordWrap(False)
         self.setCornerButtonEnabled(True)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
-        # 34 columns must fit beside the side panels at 1280 px: a slightly smaller font for the cells.
-        compact = QFont(self.font())
-        compact.setPointSizeF(max(compact.pointSizeF() * 0.9, 6.0))
-        self.setFont(compact)
-        metrics = self.fontMetrics()
+        # Headers keep a slightly smaller font; the cells' font shrinks further when the columns are
+        # narrow (see _fit_cell_font), so that 34 columns fit beside the side panels at 1280 px.
+        self._header_font = scaled_font(self.font(), 0.9)
+        header_metrics = QFontMetrics(self._header_font)
+        smallest = QFont(self._header_font)
+        smallest.setPointSizeF(MIN_CELL_POINTS)
+        self.setFont(self._header_font)
         horizontal = self.horizontalHeader()
-        horizontal.setFont(compact)
-        self.verticalHeader().setFont(compact)
+        horizontal.setFont(self._header_font)
+        self.verticalHeader().setFont(self._header_font)
         horizontal.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        horizontal.setMinimumSectionSize(metrics.horizontalAdvance("0.25"))
+        horizontal.setMinimumSectionSize(max(QFontMetrics(smallest).horizontalAdvance(WIDEST_VALUE),
+                                             header_metrics.horizontalAdvance("L00")) + CELL_MARGIN)
         horizontal.setHighlightSections(True)
         vertical = self.verticalHeader()
         vertical.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        vertical.setMinimumSectionSize(metrics.height() + 2)
+        vertical.setMinimumSectionSize(header_metrics.height() + 2)
         vertical.setDefaultAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         for header in (horizontal, vertical):
             header.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
@@ -249,28 +312,57 @@ class WeightGridView(QTableView):
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.customContextMenuRequested.connect(self._cell_menu)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setToolTip("Double-click or type a number to set a cell (or every selected cell); "
-                        "Delete resets the selection to 1. Click a header to select a whole row or column.")
+        self.setToolTip(tip("Double-click or type a number to set a cell (or every selected cell); Delete resets "
+                            "the selection to 1. Click a header to select a whole row or column. Arrow keys move "
+                            "between cells, Tab goes on to the next control."))
 
-    def sizeHint(self) -> QSize:
-        metrics = self.fontMetrics()
-        width = self.verticalHeader().sizeHint().width() + len(zit.BLOCKS) * (metrics.horizontalAdvance("0.25") + 8)
+    def sizeHint(self) -> QSize:  # noqa: N802
+        # Modest: columns just over their minimum, so that the side panels keep their width at 1280 px;
+        # any extra room widens the columns (and the cell font grows back to the headers').
+        metrics = QFontMetrics(self._header_font)
+        width = self.verticalHeader().sizeHint().width() + len(zit.BLOCKS) * (
+            self.horizontalHeader().minimumSectionSize() + 2)
         height = self.horizontalHeader().sizeHint().height() + len(zit.COMPONENTS) * (metrics.height() + 4)
         return QSize(width, height)
 
-    def minimumSizeHint(self) -> QSize:
-        metrics = self.fontMetrics()
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        metrics = QFontMetrics(self._header_font)
         return QSize(self.verticalHeader().sizeHint().width() + 200,
                      self.horizontalHeader().sizeHint().height() + len(zit.COMPONENTS) * (metrics.height() + 2))
 
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._fit_cell_font()
+
+    def _fit_cell_font(self) -> None:
+        """The largest font (up to the headers') in which every value fits its column with a margin."""
+        width = max(self.viewport().width() // len(zit.BLOCKS), self.horizontalHeader().minimumSectionSize())
+        font = QFont(self._header_font)
+        points = font.pointSizeF()
+        while points > MIN_CELL_POINTS and \
+                QFontMetrics(font).horizontalAdvance(WIDEST_VALUE) + CELL_MARGIN > width:
+            points = max(points - 0.25, MIN_CELL_POINTS)
+            font.setPointSizeF(points)
+        if font.pointSizeF() != self.font().pointSizeF():
+            self.setFont(font)
+
     def selected_cells(self) -> list[tuple[str, str]]:
         cells = [WeightGridModel.cell(i) for i in self.selectionModel().selectedIndexes()]
-        return [c for c in cells if not absent(*c)]
+        return [c for c in cells if has_cell(*c)]
 
     def set_selected(self, value: float) -> None:
         self.selectionEditRequested.emit("set", value)
 
-    def keyPressEvent(self, event) -> None:
+    def commit_open_editor(self) -> None:
+        """A value typed into a cell but not yet confirmed goes in as if Enter had been pressed."""
+        if self.state() != QAbstractItemView.State.EditingState:
+            return
+        for editor in self.viewport().findChildren(QLineEdit):
+            if editor.isVisible():
+                self.commitData(editor)
+                self.closeEditor(editor, QAbstractItemDelegate.EndEditHint.NoHint)
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802
         editing = self.state() == QAbstractItemView.State.EditingState
         if event.key() in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace) and not editing:
             self.selectionEditRequested.emit("set", 1.0)
@@ -328,26 +420,26 @@ class AllBlocksTab(QWidget):
         self.grid_model.editRequested.connect(self._on_cells_edited)
         self.grid.selectionEditRequested.connect(self._on_selection_edit)
 
-        self.value = QDoubleSpinBox()
+        self.value = SpinBox()
         self.value.setRange(-10.0, 10.0)
         self.value.setDecimals(2)
         self.value.setSingleStep(0.05)
         self.value.setValue(1.0)
-        self.value.setToolTip("Value for the Set and × buttons")
+        self.value.setToolTip(tip("Value for Set and × Multiply"))
         self.set_button = QPushButton("Set")
-        self.set_button.setToolTip("Set every selected cell to this value")
-        self.scale_button = QPushButton("×")
-        self.scale_button.setToolTip("Multiply every selected cell by this value")
+        self.set_button.setToolTip(tip("Set every selected cell to this value"))
+        self.scale_button = QPushButton("× Multiply")
+        self.scale_button.setToolTip(tip("Multiply every selected cell by this value"))
         self.reset_button = QPushButton("Reset")
-        self.reset_button.setToolTip("Set the selected cells back to 1 (Delete key)")
+        self.reset_button.setToolTip(tip("Set the selected cells back to 1 (Delete key)"))
         self.set_button.clicked.connect(lambda: self._on_selection_edit("set", self.value.value()))
         self.scale_button.clicked.connect(lambda: self._on_selection_edit("scale", self.value.value()))
         self.reset_button.clicked.connect(lambda: self._on_selection_edit("set", 1.0))
-        self.other = QDoubleSpinBox()
+        self.other = SpinBox()
         self.other.setRange(-10.0, 10.0)
         self.other.setDecimals(2)
         self.other.setSingleStep(0.05)
-        self.other.setToolTip("Weight of the modules outside the 34 blocks: embedders and final layer")
+        self.other.setToolTip(tip("Weight of the modules outside the 34 blocks: embedders and final layer"))
         self.other.valueChanged.connect(self._on_other_changed)
         self.selection_label = QLabel()
         self.selection_label.setMinimumWidth(self.fontMetrics().horizontalAdvance("88 cells selected "))
@@ -361,6 +453,7 @@ class AllBlocksTab(QWidget):
         controls.addStretch(1)
         other_label = QLabel("Other modules:")
         other_label.setToolTip(self.other.toolTip())
+        other_label.setBuddy(self.other)
         controls.addWidget(other_label)
         controls.addWidget(self.other)
         layout = QVBoxLayout(self)
@@ -372,9 +465,11 @@ class AllBlocksTab(QWidget):
 
     def show_weights(self, weights: BlockWeights | None) -> None:
         self.grid_model.set_weights(weights)
-        self.other.blockSignals(True)
-        self.other.setValue(weights.other if weights is not None else 1.0)
-        self.other.blockSignals(False)
+        other = weights.other if weights is not None else 1.0
+        if self.other.value() != other:  # not the echo of what is being typed: that would reformat it
+            self.other.blockSignals(True)
+            self.other.setValue(other)
+            self.other.blockSignals(False)
         for widget in (self.value, self.set_button, self.scale_button, self.reset_button, self.other):
             widget.setEnabled(weights is not None)
 
@@ -412,18 +507,20 @@ class BlockSlider(QWidget):
     def __init__(self, block: str, parent=None):
         super().__init__(parent)
         self.block = block
+        self._value: float | None = None
         self.value_label = QLabel("1")
         self.value_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.value_label.setAutoFillBackground(True)
-        font = self.value_label.font()
-        font.setPointSizeF(max(font.pointSizeF() * 0.85, 6.0))
+        # Small enough that "1.25" fits a column at 1280 px with a margin (the tooltip has every value).
+        font = scaled_font(self.value_label.font(), 0.78)
         self.value_label.setFont(font)
-        self.slider = QSlider(Qt.Orientation.Vertical)
+        self.slider = Slider(Qt.Orientation.Vertical)
         self.slider.setRange(int(SLIDER_MIN * SLIDER_SCALE), int(SLIDER_MAX * SLIDER_SCALE))
         self.slider.setSingleStep(5)
         self.slider.setPageStep(25)
         self.slider.setTickPosition(QSlider.TickPosition.NoTicks)
         self.slider.setMinimumHeight(self.fontMetrics().height() * 3)
+        self.slider.setAccessibleName(f"{block} weight")
         self.name_label = QLabel(block)
         self.name_label.setFont(font)
         self.name_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -434,7 +531,22 @@ class BlockSlider(QWidget):
         layout.addWidget(self.slider, 1, Qt.AlignmentFlag.AlignHCenter)
         layout.addWidget(self.name_label)
 
+    def minimum_width(self) -> int:
+        """Never narrower than its texts plus a margin: on a small window the row scrolls instead."""
+        metrics = self.value_label.fontMetrics()
+        return max(metrics.horizontalAdvance(t) for t in (self.block, WIDEST_VALUE)) + CELL_MARGIN
+
+    def _fit_text(self) -> None:
+        if self._value is not None:
+            width = self.width() - CELL_MARGIN
+            self.value_label.setText(fitted_value(self._value, self.value_label.fontMetrics(), width))
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._fit_text()
+
     def show_value(self, value: float | None, mixed: bool, detail: str) -> None:
+        self._value = value
         self.slider.blockSignals(True)
         self.slider.setValue(round((value if value is not None else 1.0) * SLIDER_SCALE))
         self.slider.blockSignals(False)
@@ -442,31 +554,38 @@ class BlockSlider(QWidget):
             self.value_label.setText("")
             return
         # A block whose components differ shows their mean in italics (the tooltip lists them).
-        self.value_label.setText(short_value(value))
         font = self.value_label.font()
         if font.italic() != mixed:
             font.setItalic(mixed)
             self.value_label.setFont(font)
+        self._fit_text()
         palette = self.value_label.palette()
         background = weight_color(value)
         palette.setColor(QPalette.ColorRole.Window, background)
         palette.setColor(QPalette.ColorRole.WindowText, text_color_on(background))
         self.value_label.setPalette(palette)
-        self.setToolTip(detail)
+        self.setToolTip(tip(detail))
 
 
 class CategoryTab(QWidget):
-    """Per-block sliders for the components one effect drives, and a master for all blocks."""
+    """Per-block sliders for the components one effect drives, a master that scales them in every
+    block, and this effect's presets applied to these components only."""
 
     def __init__(self, editor: "WeightEditor", category):
         super().__init__()
         self._editor = editor
         self.category = category
         self.components = tuple(category.components)
-        self._gesture: int | None = None
+        names = ", ".join(self.components)
+        self._block_gesture: int | None = None
+        # The master scales the values as they were when its gesture began (press, or the first key
+        # or wheel step); the gesture ends on release or when the master loses the focus.
+        self._master_gesture: int | None = None
+        self._master_base: dict[tuple[str, str], float] | None = None
+        self._master_editing = False
 
-        heading = QLabel(f"<b>{category.label}</b> — drives {', '.join(self.components)}. "
-                         "Each slider sets these components in one block; the master sets them in every block.")
+        heading = QLabel(f"<b>{category.label}</b> — drives {names}. Each slider sets these components in one "
+                         "block; <i>Scale</i> multiplies them in every block.")
         heading.setWordWrap(True)
         heading.setTextFormat(Qt.TextFormat.RichText)
         heading_row = QHBoxLayout()
@@ -474,43 +593,59 @@ class CategoryTab(QWidget):
         heading_row.addWidget(heading, 1)
         # This effect's presets, one click away (Shift or Ctrl: for every LoRA).
         self.preset_buttons: dict[str, QToolButton] = {}
-        for preset in (p for p in editor.session.store.builtin if p.category == category.id):
-            button = QToolButton()
-            button.setText(preset.name)
-            button.setToolTip(f"{preset.description}\n{preset.weights}\nClick: apply to the selected LoRA; "
-                              "Shift or Ctrl + click: to every LoRA")
-            button.clicked.connect(lambda _checked=False, name=preset.name: self._apply_preset(name))
+        for preset in self.tab_presets(editor.session.store, category):
+            button = tool_button(
+                preset.name,
+                f"{preset.description}\n{preset.weights}\nHere it sets only {names} as the preset has them; the "
+                f"other components keep their values (the whole preset: Presets panel). Click: the selected "
+                "LoRA; Shift or Ctrl + click: every LoRA.",
+                lambda _checked=False, name=preset.name: self._apply_preset(name))
             heading_row.addWidget(button)
             self.preset_buttons[preset.name] = button
-        self.master = QSlider(Qt.Orientation.Horizontal)
-        self.master.setRange(int(SLIDER_MIN * SLIDER_SCALE), int(SLIDER_MAX * SLIDER_SCALE))
+
+        self.master = Slider(Qt.Orientation.Horizontal)
+        self.master.setRange(0, int(MASTER_MAX * SLIDER_SCALE))
+        self.master.setValue(SLIDER_SCALE)
         self.master.setSingleStep(5)
         self.master.setPageStep(25)
-        self.master.setToolTip(f"Set {', '.join(self.components)} in every block at once")
-        self.master_spin = QDoubleSpinBox()
-        self.master_spin.setRange(-10.0, 10.0)
+        self.master.setTickPosition(QSlider.TickPosition.TicksBelow)
+        self.master.setTickInterval(SLIDER_SCALE // 2)
+        self.master.setAccessibleName(f"Scale {names} in every block")
+        scale_tip = (f"Multiplies {names} in every block: ×0.5 halves each block's values as they were when you "
+                     "started; per-block differences are kept. One undo step per drag; it returns to ×1 when "
+                     "you let go.")
+        self.master.setToolTip(tip(scale_tip))
+        self.master_spin = SpinBox()
+        self.master_spin.setRange(0.0, 10.0)
         self.master_spin.setDecimals(2)
         self.master_spin.setSingleStep(0.05)
-        self.master_spin.setToolTip(self.master.toolTip())
-        off = QPushButton("Off")
-        off.setToolTip(f"Turn {self.category.label.lower()} off: {', '.join(self.components)} = 0 everywhere")
-        reset = QPushButton("Reset")
-        reset.setToolTip(f"{', '.join(self.components)} = 1 everywhere")
-        off.clicked.connect(lambda: self.set_all(0.0, None))
-        reset.clicked.connect(lambda: self.set_all(1.0, None))
-        self.master.sliderPressed.connect(self._begin_gesture)
-        self.master.sliderReleased.connect(self._end_gesture)
-        self.master.valueChanged.connect(self._on_master_slider)
-        self.master_spin.valueChanged.connect(self._on_master_spin)
+        self.master_spin.setPrefix("×")
+        self.master_spin.setValue(1.0)
+        self.master_spin.setToolTip(tip(scale_tip + " A factor typed here applies until you leave the box."))
+        self.off_button = QPushButton("Off")
+        self.off_button.setToolTip(tip(f"Turn {category.label.lower()} off: {names} = 0 in every block "
+                                       "(replaces the per-block values)"))
+        self.reset_button = QPushButton("Reset")
+        self.reset_button.setToolTip(tip(f"{names} = 1 in every block (replaces the per-block values)"))
+        self.off_button.clicked.connect(lambda: self.set_all(0.0))
+        self.reset_button.clicked.connect(lambda: self.set_all(1.0))
+        self.master.sliderPressed.connect(self._begin_master_gesture)
+        self.master.sliderReleased.connect(self._end_master_gesture)
+        self.master.valueChanged.connect(lambda position: self.scale_all(position / SLIDER_SCALE, self.master))
+        self.master_spin.valueChanged.connect(lambda factor: self.scale_all(factor, self.master_spin))
+        for control in (self.master, self.master_spin):
+            control.installEventFilter(self)
         master_row = QHBoxLayout()
         master_row.setContentsMargins(0, 0, 0, 0)
-        master_label = QLabel("Master:")
+        master_label = QLabel("Scale:")
+        master_label.setBuddy(self.master)
+        master_label.setToolTip(self.master.toolTip())
         master_row.addWidget(master_label)
         master_row.addWidget(self.master, 1)
         master_row.addWidget(self.master_spin)
-        master_row.addWidget(off)
-        master_row.addWidget(reset)
-        self._master_widgets = (self.master, self.master_spin, off, reset)
+        master_row.addWidget(self.off_button)
+        master_row.addWidget(self.reset_button)
+        self._master_widgets = (self.master, self.master_spin, self.off_button, self.reset_button)
 
         grid = QGridLayout()
         grid.setContentsMargins(0, 0, 0, 0)
@@ -524,31 +659,28 @@ class CategoryTab(QWidget):
                 grid.setColumnMinimumWidth(column, self.fontMetrics().horizontalAdvance("  "))
                 column += 1
             slider = BlockSlider(block)
-            # Never narrower than its labels: on a small window the row scrolls instead of overlapping.
-            small = slider.name_label.fontMetrics()
-            grid.setColumnMinimumWidth(column, max(small.horizontalAdvance(t) for t in ("L00", "0.88")) + 2)
-            slider.slider.sliderPressed.connect(self._begin_gesture)
-            slider.slider.sliderReleased.connect(self._end_gesture)
+            grid.setColumnMinimumWidth(column, slider.minimum_width())
+            slider.slider.sliderPressed.connect(self._begin_block_gesture)
+            slider.slider.sliderReleased.connect(self._end_block_gesture)
             slider.slider.valueChanged.connect(self._on_block_slider)
             self.sliders[block] = slider
             grid.addWidget(slider, 0, column)
             grid.setColumnStretch(column, 1)
             columns[block] = column
             column += 1
-        band_font = QFont(self.font())
-        band_font.setPointSizeF(max(band_font.pointSizeF() * 0.8, 6.0))
+        band_font = scaled_font(self.font(), 0.8)
         for first, last, text in LAYER_BANDS:
             band = QLabel(text)
             band.setFont(band_font)
             band.setAlignment(Qt.AlignmentFlag.AlignCenter)
             band.setFrameShape(QFrame.Shape.StyledPanel)
-            band.setToolTip("Community layer heuristic (not measured): " + text)
+            band.setToolTip(tip("Community layer heuristic (not measured): " + text))
             grid.addWidget(band, 1, columns[first], 1, columns[last] - columns[first] + 1)
         refiners = QLabel("refiners")
         refiners.setFont(band_font)
         refiners.setAlignment(Qt.AlignmentFlag.AlignCenter)
         refiners.setFrameShape(QFrame.Shape.StyledPanel)
-        refiners.setToolTip("Noise refiners (image tokens) and context refiners (text tokens, no adaLN)")
+        refiners.setToolTip(tip("Noise refiners (image tokens) and context refiners (text tokens, no adaLN)"))
         grid.addWidget(refiners, 1, columns["NR0"], 1, columns["CR1"] - columns["NR0"] + 1)
 
         layout = QVBoxLayout(self)
@@ -564,22 +696,39 @@ class CategoryTab(QWidget):
         scroll.setWidget(sliders)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # its sliders are the Tab stops (it scrolls to them)
         scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         layout.addWidget(scroll, 1)
+        self.scroll = scroll
+
+    @staticmethod
+    def tab_presets(store, category) -> list:
+        """The effect's built-in presets that do something on its components besides what Off (all 0)
+        and Reset (all 1) do: "face-only" limited to v and the FFN would just be Reset."""
+        presets = []
+        for preset in store.builtin:
+            if preset.category != category.id:
+                continue
+            grid = preset.block_weights()
+            values = {grid.get(b, c) for b in zit.BLOCKS for c in category.components if has_cell(b, c)}
+            if values not in ({0.0}, {1.0}):
+                presets.append(preset)
+        return presets
 
     def _apply_preset(self, name: str) -> None:
         modifiers = QApplication.keyboardModifiers()
         every = bool(modifiers & (Qt.KeyboardModifier.ShiftModifier | Qt.KeyboardModifier.ControlModifier))
-        self._editor.apply_preset(name, every)
+        self._editor.apply_preset(name, every, components=self.components)
 
     def cells(self, block: str) -> list[tuple[str, str]]:
-        return [(block, comp) for comp in self.components if not absent(block, comp)]
+        return [(block, comp) for comp in self.components if has_cell(block, comp)]
 
     def show_weights(self, weights: BlockWeights | None) -> None:
+        if not self._master_editing:
+            self._end_master_gesture()  # the values changed under it: a new scale starts from them
         enabled = weights is not None
         for widget in self._master_widgets:
             widget.setEnabled(enabled)
-        all_values = []
         for block, slider in self.sliders.items():
             slider.setEnabled(enabled)
             cells = self.cells(block)
@@ -587,53 +736,148 @@ class CategoryTab(QWidget):
                 slider.show_value(None, False, "")
                 continue
             values = [weights.get(*cell) for cell in cells]
-            all_values.extend(values)
             mean = sum(values) / len(values)
             detail = f"{block}: " + ", ".join(f"{c}={format_value(v)}" for (_, c), v in zip(cells, values))
             slider.show_value(mean, len(set(values)) > 1, detail)
-        mean = sum(all_values) / len(all_values) if all_values else 1.0
-        for widget, value in ((self.master, round(mean * SLIDER_SCALE)), (self.master_spin, mean)):
-            widget.blockSignals(True)
-            widget.setValue(value)
-            widget.blockSignals(False)
 
-    # ---- gestures: one undo step per drag ----------------------------------------------------
+    # ---- per-block sliders: one undo step per drag ---------------------------------------------
 
-    def _begin_gesture(self) -> None:
-        self._gesture = next(_gesture_ids)
+    def _begin_block_gesture(self) -> None:
+        self._block_gesture = next(_gesture_ids)
 
-    def _end_gesture(self) -> None:
-        self._gesture = None
-
-    def _merge_key(self, control: str):
-        # A drag merges into one step; keyboard or wheel steps on one control merge while uninterrupted.
-        return ("category", self.category.id, control, self._gesture if self._gesture is not None else "steps")
+    def _end_block_gesture(self) -> None:
+        self._block_gesture = None
 
     def _on_block_slider(self, position: int) -> None:
         slider = self.sender()
         block = next(b for b, s in self.sliders.items() if s.slider is slider)
         value = position / SLIDER_SCALE
+        # A drag merges into one step; keyboard or wheel steps on one slider merge while uninterrupted.
+        gesture = self._block_gesture if self._block_gesture is not None else "steps"
         self._editor.edit_cells({cell: value for cell in self.cells(block)},
                                 f"{self.category.label}: {block} = {format_value(value)}",
-                                merge_key=self._merge_key(block))
+                                merge_key=("category", self.category.id, block, gesture))
 
     def set_block(self, block: str, value: float) -> None:
         """What dragging that block's slider to ``value`` does (used by tests and the keyboard)."""
         self.sliders[block].slider.setValue(round(value * SLIDER_SCALE))
 
-    def _on_master_slider(self, position: int) -> None:
-        self.set_all(position / SLIDER_SCALE, self._merge_key("master"))
+    # ---- the master: scales every block ------------------------------------------------------
 
-    def _on_master_spin(self, value: float) -> None:
-        self.set_all(value, self._merge_key("master-spin"))
+    def _begin_master_gesture(self) -> None:
+        if self._master_base is not None:
+            return  # a drag that follows key steps continues their gesture
+        weights = self._editor.weights()
+        if weights is None:
+            return
+        self._master_gesture = next(_gesture_ids)
+        self._master_base = {cell: weights.get(*cell) for block in zit.BLOCKS for cell in self.cells(block)}
 
-    def set_all(self, value: float, merge_key) -> None:
+    def _end_master_gesture(self) -> None:
+        self._master_base = None
+        self._master_gesture = None
+        self._show_factor(1.0)
+
+    def _show_factor(self, factor: float, source=None) -> None:
+        for control, value in ((self.master, round(factor * SLIDER_SCALE)), (self.master_spin, factor)):
+            if control is not source and control.value() != value:
+                control.blockSignals(True)
+                control.setValue(value)
+                control.blockSignals(False)
+
+    def scale_all(self, factor: float, source=None) -> None:
+        """Multiply the tab's components in every block by ``factor``, relative to the gesture's start."""
+        self._begin_master_gesture()
+        if self._master_base is None:
+            return
+        self._show_factor(factor, source)
+        cells = {cell: round(value * factor, 6) for cell, value in self._master_base.items()}
+        self._master_editing = True
+        try:
+            self._editor.edit_cells(cells, f"{self.category.label}: every block × {format_value(factor)}",
+                                    merge_key=("category", self.category.id, "scale", self._master_gesture))
+        finally:
+            self._master_editing = False
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.FocusOut and watched in (self.master, self.master_spin) \
+                and not self.master.isSliderDown():
+            focus = QApplication.focusWidget()
+            if focus is not self.master and not (focus is not None and (
+                    focus is self.master_spin or self.master_spin.isAncestorOf(focus))):
+                self.master_spin.interpretText()  # a factor typed but not confirmed still counts
+                self._end_master_gesture()
+        return False
+
+    def set_all(self, value: float) -> None:
         cells = {cell: value for block in zit.BLOCKS for cell in self.cells(block)}
-        self._editor.edit_cells(cells, f"{self.category.label}: all blocks = {format_value(value)}",
-                                merge_key=merge_key)
+        self._editor.edit_cells(cells, f"{self.category.label}: all blocks = {format_value(value)}")
+
+
+# ---- the weight syntax, for Help and the button beside the text line ------------------------------
+
+WEIGHT_SYNTAX_HTML = """
+<h3>Weight syntax</h3>
+<p>Rules separated by commas (or <code>;</code>, new lines), applied left to right; every cell starts at 1:</p>
+<pre>default=1, L00-L09=0.8, adaLN*=0.5, L16-L24.w1,w2,w3=1.3, NR=0, CR=0</pre>
+<ul>
+<li><code>TARGET=VALUE</code> sets the matched cells; <code>TARGET*=VALUE</code> multiplies them. Where rules
+overlap, the later <code>=</code> wins, and <code>*=</code> scales whatever is there at that point. In the line
+above, <code>L05.adaLN</code> is 0.8 × 0.5 = 0.4, <code>L16.w2</code> is 1.3, <code>NR0.q</code> is 0.</li>
+<li><code>default</code>, <code>all</code> or <code>*</code>: every cell and <code>other</code> (embedders, final
+layer); <code>other</code>: only those.</li>
+<li>Blocks: <code>L05</code> (or <code>L5</code>), ranges in model order <code>L00-L09</code>, groups
+<code>L</code> (all 30 layers), <code>NR</code>, <code>CR</code>, <code>refiners</code>.</li>
+<li>Components: <code>adaLN q k v out w1 w2 w3</code>, groups <code>attn</code> (q,k,v,out), <code>ff</code>
+(w1,w2,w3), <code>qkv</code>.</li>
+<li>Lists match every named block × every named component: <code>L00,L05=0.5</code>, <code>q,k=1.2</code>;
+<code>BLOCKS.COMPONENTS</code> narrows both: <code>L16-L24.w1,w2,w3=1.3</code>, <code>NR.attn=0</code>.</li>
+<li>A preset and weights together: the preset's grid first, the weights' rules on top.</li>
+<li>Context refiners have no adaLN; their adaLN cell matches nothing.</li>
+</ul>
+<p>LBW vectors (Presets ▸ Import/Export): <code>NAME:v1,…,v30</code> (layers L00…L29; refiners stay 1) or
+<code>NAME:v1,…,v34</code> (NR0, NR1, CR0, CR1, then L00…L29).</p>
+<p>In the editor, type the rules in the line under the grid; Enter (or leaving the line) applies them, and the
+line is rewritten in the engine's own form.</p>
+"""
+
+
+def show_weight_syntax(parent: QWidget | None = None) -> QDialog:
+    """The weight syntax in a non-modal window (one per parent: asked again, it comes to the front)."""
+    if parent is not None:
+        window = parent.window()
+        existing = window.findChild(QDialog, "weight-syntax")
+        if existing is not None:
+            existing.show()
+            existing.raise_()
+            existing.activateWindow()
+            return existing
+        parent = window
+    dialog = QDialog(parent)
+    dialog.setObjectName("weight-syntax")
+    dialog.setWindowTitle("Weight syntax")
+    dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    browser = QTextBrowser()
+    browser.setObjectName("weight-syntax-text")
+    browser.setHtml(WEIGHT_SYNTAX_HTML)
+    buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+    buttons.rejected.connect(dialog.close)
+    layout = QVBoxLayout(dialog)
+    layout.addWidget(browser)
+    layout.addWidget(buttons)
+    metrics = dialog.fontMetrics()
+    dialog.resize(metrics.horizontalAdvance("M") * 52, metrics.height() * 30)
+    dialog.show()
+    return dialog
 
 
 # ---- the editor ------------------------------------------------------------------------------------
+
+EMPTY_TEXT = ("<h3>Add a LoRA to shape its weights</h3>"
+              "<p>Drop <code>.safetensors</code> files on the window, use <b>Add…</b>, "
+              "or <b>Help ▸ Load demo LoRAs</b>.</p>"
+              "<p>Then shape it here, per block and component: on a grid, per effect in tabs, "
+              "or as text in the weight syntax.</p>")
 
 
 class WeightEditor(QWidget):
@@ -649,21 +893,18 @@ class WeightEditor(QWidget):
         self.title = QLabel()
         self.title.setTextFormat(Qt.TextFormat.RichText)
         self.title.setTextInteractionFlags(Qt.TextInteractionFlag.NoTextInteraction)
-        self.reset_all_button = QToolButton()
-        self.reset_all_button.setText("Reset all")
-        self.reset_all_button.setToolTip("Every weight of this LoRA back to 1")
-        self.reset_all_button.clicked.connect(self.reset_all)
-        self.copy_all_button = QToolButton()
-        self.copy_all_button.setText("Copy to all LoRAs")
-        self.copy_all_button.setToolTip("Give every LoRA in the list these weights (one undo step)")
-        self.copy_all_button.clicked.connect(self.copy_to_all)
+        self.reset_all_button = tool_button(
+            "Reset this LoRA", "Every weight of the selected LoRA back to 1 (the other LoRAs keep theirs)",
+            self.reset_all)
+        self.copy_all_button = tool_button(
+            "Copy to all LoRAs", "Give every LoRA in the list these weights (one undo step)", self.copy_to_all)
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self._stale_tabs: set = set()
         self.all_blocks = AllBlocksTab(self, roles)
         self.tabs.addTab(self.all_blocks, "All blocks")
-        self.tabs.setTabToolTip(0, "Every block × component, as an editable heat map")
+        self.tabs.setTabToolTip(0, tip("Every block × component, as an editable heat map"))
         self.category_tabs: dict[str, CategoryTab] = {}
         for category in session.store.categories:
             if not category.components:
@@ -671,15 +912,17 @@ class WeightEditor(QWidget):
             tab = CategoryTab(self, category)
             self.category_tabs[category.id] = tab
             index = self.tabs.addTab(tab, SHORT_LABELS.get(category.id, category.label))
-            self.tabs.setTabToolTip(index, f"{category.label}: {', '.join(category.components)}")
+            self.tabs.setTabToolTip(index, tip(f"{category.label}: {', '.join(category.components)}"))
 
         self.text = QLineEdit()
         self.text.setPlaceholderText("all weights 1 — type rules such as  adaLN=0.5, L00-L09=0.8, NR=0")
-        self.text.setToolTip("The weights in the engine's syntax (README: Weight syntax). Edit and press Enter; "
-                             "grid and sliders follow, and the text follows them.")
+        self.text.setToolTip(tip("The weights in the engine's syntax (Syntax… explains it). Enter or leaving the "
+                                 "line applies them; grid and sliders follow, and the text follows them."))
         self.text.textEdited.connect(self._on_text_edited)
         self.text.returnPressed.connect(self.apply_text)
         self.text.editingFinished.connect(self._on_editing_finished)
+        self.syntax_button = tool_button("Syntax…", "How to write weights: rules, blocks, components, examples "
+                                         "(also Help ▸ Weight syntax)", lambda: show_weight_syntax(self))
         self.text_error = QLabel()
         self.text_error.setStyleSheet("color: #c62828;")
         self.text_error.setWordWrap(True)
@@ -696,12 +939,27 @@ class WeightEditor(QWidget):
         text_row.setContentsMargins(0, 0, 0, 0)
         text_row.addWidget(self.title)
         text_row.addWidget(self.text, 1)
+        text_row.addWidget(self.syntax_button)
+
+        self.content = QWidget()
+        content_layout = QVBoxLayout(self.content)
+        content_layout.setContentsMargins(0, 0, 0, 0)
+        content_layout.setSpacing(3)
+        content_layout.addWidget(self.tabs, 1)
+        content_layout.addLayout(text_row)
+        content_layout.addWidget(self.text_error)
+        # With no LoRA there is nothing to shape: say how to add one instead of showing a grid of 1s.
+        self.placeholder = QLabel(EMPTY_TEXT)
+        self.placeholder.setTextFormat(Qt.TextFormat.RichText)
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setWordWrap(True)
+        self.placeholder.setMargin(24)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.placeholder)
+        self.pages.addWidget(self.content)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)
-        layout.setSpacing(3)
-        layout.addWidget(self.tabs, 1)
-        layout.addLayout(text_row)
-        layout.addWidget(self.text_error)
+        layout.addWidget(self.pages)
 
         self.tabs.currentChanged.connect(self._on_tab_changed)
         session.currentChanged.connect(self._on_current_changed)
@@ -740,6 +998,7 @@ class WeightEditor(QWidget):
 
     def _show(self) -> None:
         weights = self.weights()
+        self.pages.setCurrentWidget(self.content if weights is not None else self.placeholder)
         self.all_blocks.show_weights(weights)
         # Only the visible category tab is updated now (a drag updates on every step); the others
         # catch up when they are shown.
@@ -761,14 +1020,14 @@ class WeightEditor(QWidget):
         entry = self.entry()
         if entry is None:
             self.title.setText("<b>Weights</b>")
-            self.title.setToolTip("Add a LoRA (drop files on the window) to edit its weights")
+            self.title.setToolTip(tip("Add a LoRA (drop files on the window) to edit its weights"))
             return
         preset = self.session.preset_label(entry)
         name = entry.short_name if len(entry.short_name) <= 28 else entry.short_name[:26] + "…"
         suffix = f" <i>({preset})</i>" if preset else ""
         self.title.setText(f"<b>Weights of {name}</b>{suffix}:")
-        self.title.setToolTip(f"The weights of {entry.name} in the engine's syntax"
-                              + (f"; from the preset {preset}" if preset else ""))
+        self.title.setToolTip(tip(f"The weights of {entry.name} in the engine's syntax"
+                                  + (f"; from the preset {preset}" if preset else "")))
 
     # ---- edits (all through the session's undo stack) -------------------------------------------
 
@@ -783,11 +1042,13 @@ class WeightEditor(QWidget):
         self.session.set_cells(self._entry_id, {}, other=value, text=f"Other modules = {format_value(value)}",
                                merge_key=("other", self._entry_id))
 
-    def apply_preset(self, name: str, every: bool = False) -> None:
+    def apply_preset(self, name: str, every: bool = False, components=None) -> None:
+        """The preset's grid on the selected LoRA (every LoRA with ``every``); with ``components``, only
+        those components' cells change."""
         session = self.session
         ids = [e.id for e in session.model.entries] if every else ([self._entry_id] if self.entry() else [])
         if ids:
-            session.apply_preset(name, ids)
+            session.apply_preset(name, ids, components)
 
     def reset_all(self) -> None:
         if self.entry() is not None:
@@ -820,3 +1081,17 @@ class WeightEditor(QWidget):
         self.session.set_weights(self._entry_id, weights, "Edit weights text")
         self._show()  # normalise the text even when the grid did not change
         return True
+
+    def commit_pending(self) -> str | None:
+        """Put into the document what is typed but not yet applied: an open grid cell, a spin box
+        mid-typing, the weights text line. Call before merging, saving, previewing or quitting.
+
+        Returns None when everything is in, or the text line's one-line error (also shown under the
+        line, which then keeps the text) so the caller can stop.
+        """
+        self.all_blocks.grid.commit_open_editor()
+        for spin in self.findChildren(QDoubleSpinBox):
+            spin.interpretText()
+        if self._text_dirty and self.entry() is not None and not self.apply_text():
+            return self.text_error.text()
+        return None
