@@ -71,3 +71,17 @@ def test_the_panel_asks_for_at_least_six_rows(qtbot, window, samples):
     # The button row, the header, six rows, and the ratio editor's row below the table.
     assert panel.sizeHint().height() >= view.horizontalHeader().sizeHint().height() + rows + 2 * buttons
     assert panel.minimumSizeHint().height() <= panel.sizeHint().height()
+
+
+def test_double_clicking_a_ratio_cell_goes_into_its_box_ready_for_typing(qtbot, window, samples):
+    from zlora_desktop.gui.entries import COL_RATIO
+
+    first, second = add_and_wait(qtbot, window, [samples.style, samples.character])
+    view = window.lora_panel.view
+    point = view.visualRect(window.session.model.index(1, COL_RATIO)).center()
+    QTest.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, point)
+    QTest.mouseDClick(view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, point)
+    editor = window.lora_panel.ratio_editor(second.id)
+    assert editor is not None and editor.spin.hasFocus()
+    QTest.keyClicks(editor.spin, "0.8")
+    assert second.ratio == 0.8 and first.ratio == 1.0
