@@ -31,3 +31,18 @@ def test_import_linter_contracts_hold():
     result = subprocess.run([lint], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Contracts: 2 kept, 0 broken" in result.stdout
+
+
+def test_opening_a_file_needs_no_torch(tmp_path):
+    """The app shows what a dropped file is before torch is imported: the header path,
+    the dtype vocabulary included, stays torch-free."""
+    from zlora_desktop.core.sample import SampleSpec, write_sample
+
+    path = tmp_path / "a.safetensors"
+    write_sample(path, SampleSpec(layout="kohya", rank=2, layers=2))
+    code = ("import sys\n"
+            "from zlora_desktop.core.lora_file import LoraFile\n"
+            f"lora = LoraFile.open({str(path)!r})\n"
+            "print(lora.dtype, len(lora.modules), 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["bfloat16", "16", "False"]

@@ -281,3 +281,15 @@ def test_kohya_output_warns_that_comfyui_skips_its_attention_unless_attention_is
 def test_self_test_runs_from_the_cli(capsys):
     code, out, _ = run_cli(capsys, "self-test", "--no-qt", "--device", "cpu")
     assert code == 0 and "self-test passed on cpu" in out
+
+
+def test_a_console_that_cannot_show_a_character_gets_an_escape_not_a_crash(tmp_path):
+    """The report holds the file's name and ‖ΔW‖; a console whose encoding lacks them (an ASCII
+    pipe, a Windows code page) shows escapes, and the command still succeeds."""
+    path = tmp_path / "visage_\u00e9t\u00e9.safetensors"
+    write_sample(path, SampleSpec(rank=2, layers=2))
+    done = subprocess.run([sys.executable, "-m", "zlora_desktop", "inspect", str(path)], capture_output=True,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.decode("ascii")
+    assert "visage_\\xe9t\\xe9.safetensors" in out and "\\u2016\\u0394W\\u2016" in out

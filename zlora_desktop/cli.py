@@ -11,10 +11,9 @@ import os
 import sys
 
 from . import __version__
-from .core import model
+from .core import dtypes, model, options
 from .core.errors import CancelledError, ZLoraError
-from .core.keys import OUTPUT_FORMATS
-from .core.recipe import DEVICES, DTYPES, Recipe, RecipeInput
+from .core.recipe import Recipe, RecipeInput
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -34,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-strength", action="store_true", help="skip the ΔW strength table (header only)")
-    p.add_argument("--device", default="cpu", choices=DEVICES)
+    p.add_argument("--device", default="cpu", choices=tuple(options.DEVICES))
 
     p = sub.add_parser("merge", help="re-weight one LoRA or merge several into one file")
     p.add_argument("inputs", nargs="*", help="input .safetensors LoRAs")
@@ -46,12 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block weights per input in the weight syntax (one value applies to all)")
     p.add_argument("--preset", action="append", default=[],
                    help="preset per input (one value applies to all); --weights apply on top")
-    p.add_argument("--format", choices=OUTPUT_FORMATS)
-    p.add_argument("--method", choices=("exact", "svd"))
+    p.add_argument("--format", choices=tuple(options.FORMATS))
+    p.add_argument("--method", choices=tuple(options.METHODS))
     p.add_argument("--rank", help="svd target rank, or 'auto' (by kept energy)")
     p.add_argument("--energy", type=float, help="svd auto: energy to keep, e.g. 0.99")
-    p.add_argument("--dtype", choices=DTYPES)
-    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--dtype", choices=tuple(options.DTYPES))
+    p.add_argument("--device", choices=tuple(options.DEVICES))
     p.add_argument("--save-recipe", help="also write the equivalent recipe JSON here")
     p.add_argument("--json", action="store_true", help="print the merge report as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -84,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refiners", action="store_true")
     p.add_argument("--others", action="store_true", help="also embedders and final layer")
     p.add_argument("--alpha", type=float)
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--dtype", default="bf16", choices=tuple(dtypes.CHOICES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trigger", help="trigger words to put in the metadata")
 
@@ -95,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_streams()
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         if argv[:1] == ["self-test"]:
@@ -117,6 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"zlora: unexpected error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _tolerant_streams() -> None:
+    """A console or pipe that cannot show a character (a file's name, ×, ‖) shows an escape
+    instead of failing: an error message must always reach the user as its one line."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream already in use in another way: leave it
+                pass
 
 
 # ---- inspect -------------------------------------------------------------------------------
@@ -170,10 +182,7 @@ def format_report(report: dict) -> str:
 
 
 def _block_summary(blocks: list[str]) -> str:
-    from .core.weights import _ranges
-
-    runs = _ranges(model.BLOCKS, dict.fromkeys(blocks, 1), raw=True)
-    return ", ".join(name for name, _ in runs) or "none"
+    return model.block_ranges_text(blocks) or "none"
 
 
 def strength_table(grid: dict[str, dict[str, float]]) -> str:
@@ -316,7 +325,7 @@ def grid_table(weights) -> str:
     rows = [f"  {'block':<6}" + "".join(f"{c:>7}" for c in model.COMPONENTS)]
     for block in model.BLOCKS:
         rows.append(f"  {block:<6}" + "".join(
-            f"{'·' if block.startswith('CR') and c == 'adaLN' else format_value(weights.get(block, c)):>7}"
+            f"{format_value(weights.get(block, c)) if model.has_cell(block, c) else '·':>7}"
             for c in model.COMPONENTS))
     rows.append(f"  other  {format_value(weights.other)}")
     return "\n".join(rows)

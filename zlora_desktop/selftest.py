@@ -56,9 +56,11 @@ def _say(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .core.options import DEVICES
+
     parser = argparse.ArgumentParser(prog="ZLoRA-Desktop --self-test",
                                      description="Headless self-test: resources, a real merge, Qt.")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+    parser.add_argument("--device", default="auto", choices=tuple(DEVICES),
                         help="device the merges run on (auto: CUDA, then MPS, then CPU)")
     parser.add_argument("--no-qt", action="store_true", help="skip the Qt check")
     parser.add_argument("--keep", metavar="DIR", help="write the sample and merged files here and keep them")

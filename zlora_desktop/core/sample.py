@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from . import model
+from . import dtypes, model
 
 # layout -> (key prefix, down suffix, up suffix, alpha: "tensor" | "header" | None, name style)
 LAYOUTS = {
@@ -41,7 +41,7 @@ class SampleSpec:
     refiners: bool = False
     others: bool = False
     alpha: float | None = None  # None: the layout's usual (absent, or rank/2 where alpha is stored)
-    dtype: str = "bf16"
+    dtype: str = "bf16"  # one of dtypes.CHOICES
     seed: int = 0
     trigger: str | None = None
 
@@ -54,8 +54,7 @@ def _modules(spec: SampleSpec) -> list[str]:
     blocks = [b for b in model.LAYER_BLOCKS[: spec.layers]]
     if spec.refiners:
         blocks = list(model.REFINER_BLOCKS) + blocks
-    names = [model.module_name(b, c) for b in blocks for c in spec.components
-             if not (b.startswith("CR") and c == "adaLN")]
+    names = [model.module_name(b, c) for b in blocks for c in spec.components if model.has_cell(b, c)]
     if spec.others:
         names += list(model.OTHER_MODULES)
     return names
@@ -95,7 +94,7 @@ def write_sample(path: str | os.PathLike, spec: SampleSpec) -> dict[str, tuple]:
     if spec.layout in REFUSED:
         return _write_refused(path, spec)
     prefix, down_suffix, up_suffix, alpha_mode, style = LAYOUTS[spec.layout]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[spec.dtype]
+    dtype = dtypes.torch_dtype(dtypes.CHOICES[spec.dtype])
     alpha = spec.alpha if spec.alpha is not None else (spec.rank / 2 if alpha_mode else None)
     scale = alpha / spec.rank if alpha is not None else 1.0
     tensors: dict = {}
