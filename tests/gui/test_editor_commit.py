@@ -48,7 +48,7 @@ def test_commit_pending_returns_the_texts_error_and_keeps_the_text_to_fix(qtbot,
     _type_text(editor, "default=0.5, L99=1")
     message = editor.commit_pending()
     assert message and "L99" in message and "\n" not in message
-    assert editor.text_error.isVisibleTo(editor) and editor.text_error.text() == message
+    assert editor.text_error.isVisibleTo(editor) and editor.text_error.text() == f"Not applied: {message}"
     assert entry.weights.is_identity()  # nothing half-applied
     assert editor.text.text() == "default=0.5, L99=1"  # the user's text stays, to be fixed
     # Fixed, it goes in.
