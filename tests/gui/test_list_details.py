@@ -6,8 +6,7 @@ from __future__ import annotations
 import html
 import os
 
-import pytest
-from PySide6.QtCore import QEvent, QPoint, Qt
+from PySide6.QtCore import QEvent, QPoint
 from PySide6.QtGui import QHelpEvent
 from PySide6.QtGui import Qt as QtGui  # mightBeRichText lives in QtGui's Qt namespace
 from PySide6.QtWidgets import QApplication, QStyleOptionViewItem, QToolTip, QWidget

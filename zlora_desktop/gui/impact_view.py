@@ -175,7 +175,8 @@ class ImpactPlot(QWidget):
         if self.hasFocus():  # where the keyboard is: the cursor's cell, or the whole area
             painter.setPen(QPen(palette.color(QPalette.ColorRole.Highlight), 2))
             rect = self._cell_rect(self.cursor) if self.cursor is not None else None
-            painter.drawRect(rect.adjusted(-1, -1, 1, 1) if rect is not None else QRectF(self.rect()).adjusted(1, 1, -1, -1))
+            whole = QRectF(self.rect()).adjusted(1, 1, -1, -1)
+            painter.drawRect(rect.adjusted(-1, -1, 1, 1) if rect is not None else whole)
         painter.end()  # not left to the garbage collector: a painter must end inside paintEvent
 
     def _paint_message(self, painter: QPainter) -> None:

@@ -474,8 +474,9 @@ class LoraPanel(QWidget):
     # ---- size ----------------------------------------------------------------------------------
 
     def _rows_height(self, rows: int) -> int:
-        return self.view.horizontalHeader().sizeHint().height() + rows * self.view.verticalHeader().defaultSectionSize() \
-            + 2 * self.view.frameWidth()
+        view = self.view
+        return (view.horizontalHeader().sizeHint().height() + rows * view.verticalHeader().defaultSectionSize()
+                + 2 * view.frameWidth())
 
     def _chrome_height(self, detail_lines: int) -> int:
         """Everything but the table: margins, the button row, the ratio editor, the details."""
