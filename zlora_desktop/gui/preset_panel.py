@@ -316,6 +316,7 @@ class PresetPanel(QWidget):
         item = self.item_for(name, user)
         if item is not None:
             self.tree.setCurrentItem(item)
+            self.tree.scrollToItem(item)
 
     def show_problems(self, problems: list[str]) -> None:
         if problems:

@@ -819,25 +819,25 @@ class CategoryTab(QWidget):
 
 WEIGHT_SYNTAX_HTML = """
 <h3>Weight syntax</h3>
-<p>Rules separated by commas (or <code style="white-space:nowrap">;</code>, new lines), applied left to right; every cell starts at 1:</p>
+<p>Rules separated by commas (or <code>;</code>, new lines), applied left to right; every cell starts at 1:</p>
 <pre>default=1, L00-L09=0.8, adaLN*=0.5, L16-L24.w1,w2,w3=1.3, NR=0, CR=0</pre>
 <ul>
-<li><code style="white-space:nowrap">TARGET=VALUE</code> sets the matched cells; <code style="white-space:nowrap">TARGET*=VALUE</code> multiplies them. Where rules
-overlap, the later <code style="white-space:nowrap">=</code> wins, and <code style="white-space:nowrap">*=</code> scales whatever is there at that point. In the line
-above, <code style="white-space:nowrap">L05.adaLN</code> is 0.8 × 0.5 = 0.4, <code style="white-space:nowrap">L16.w2</code> is 1.3, <code style="white-space:nowrap">NR0.q</code> is 0.</li>
-<li><code style="white-space:nowrap">default</code>, <code style="white-space:nowrap">all</code> or <code style="white-space:nowrap">*</code>: every cell and <code style="white-space:nowrap">other</code> (embedders, final
-layer); <code style="white-space:nowrap">other</code>: only those.</li>
-<li>Blocks: <code style="white-space:nowrap">L05</code> (or <code style="white-space:nowrap">L5</code>), ranges in model order <code style="white-space:nowrap">L00-L09</code>, groups
-<code style="white-space:nowrap">L</code> (all 30 layers), <code style="white-space:nowrap">NR</code>, <code style="white-space:nowrap">CR</code>, <code style="white-space:nowrap">refiners</code>.</li>
-<li>Components: <code style="white-space:nowrap">adaLN q k v out w1 w2 w3</code>, groups <code style="white-space:nowrap">attn</code> (q,k,v,out), <code style="white-space:nowrap">ff</code>
-(w1,w2,w3), <code style="white-space:nowrap">qkv</code>.</li>
-<li>Lists match every named block × every named component: <code style="white-space:nowrap">L00,L05=0.5</code>, <code style="white-space:nowrap">q,k=1.2</code>;
-<code style="white-space:nowrap">BLOCKS.COMPONENTS</code> narrows both: <code style="white-space:nowrap">L16-L24.w1,w2,w3=1.3</code>, <code style="white-space:nowrap">NR.attn=0</code>.</li>
+<li><code>TARGET=VALUE</code> sets the matched cells; <code>TARGET*=VALUE</code> multiplies them. Where rules
+overlap, the later <code>=</code> wins, and <code>*=</code> scales whatever is there at that point. In the line
+above, <code>L05.adaLN</code> is 0.8 × 0.5 = 0.4, <code>L16.w2</code> is 1.3, <code>NR0.q</code> is 0.</li>
+<li><code>default</code>, <code>all</code> or <code>*</code>: every cell and <code>other</code> (embedders, final
+layer); <code>other</code>: only those.</li>
+<li>Blocks: <code>L05</code> (or <code>L5</code>), ranges in model order <code>L00-L09</code>, groups
+<code>L</code> (all 30 layers), <code>NR</code>, <code>CR</code>, <code>refiners</code>.</li>
+<li>Components: <code>adaLN q k v out w1 w2 w3</code>, groups <code>attn</code> (q,k,v,out), <code>ff</code>
+(w1,w2,w3), <code>qkv</code>.</li>
+<li>Lists match every named block × every named component: <code>L00,L05=0.5</code>, <code>q,k=1.2</code>;
+<code>BLOCKS.COMPONENTS</code> narrows both: <code>L16-L24.w1,w2,w3=1.3</code>, <code>NR.attn=0</code>.</li>
 <li>A preset and weights together: the preset's grid first, the weights' rules on top.</li>
 <li>Context refiners have no adaLN; their adaLN cell matches nothing.</li>
 </ul>
-<p>LBW vectors (Presets ▸ Import/Export): <code style="white-space:nowrap">NAME:v1,…,v30</code> (layers L00…L29; refiners stay 1) or
-<code style="white-space:nowrap">NAME:v1,…,v34</code> (NR0, NR1, CR0, CR1, then L00…L29).</p>
+<p>LBW vectors (Presets ▸ Import/Export): <code>NAME:v1,…,v30</code> (layers L00…L29; refiners stay 1) or
+<code>NAME:v1,…,v34</code> (NR0, NR1, CR0, CR1, then L00…L29).</p>
 <p>In the editor, type the rules in the line under the grid; Enter (or leaving the line) applies them, and the
 line is rewritten in the engine's own form.</p>
 """
@@ -860,6 +860,7 @@ def show_weight_syntax(parent: QWidget | None = None) -> QDialog:
     dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
     browser = QTextBrowser()
     browser.setObjectName("weight-syntax-text")
+    browser.document().setDefaultStyleSheet("code { white-space: nowrap; }")  # a rule is never split
     browser.setHtml(WEIGHT_SYNTAX_HTML)
     buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
     buttons.rejected.connect(dialog.close)
