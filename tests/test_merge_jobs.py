@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from zlora_desktop.core.errors import CancelledError
+from zlora_desktop.core.errors import CancelledError, ZLoraError
 from zlora_desktop.core.merge import _await, merge, sha256_file
 from zlora_desktop.core.recipe import RECIPE_METADATA_KEY, Recipe, RecipeInput
 from zlora_desktop.core.sample import SampleSpec, write_sample
@@ -168,3 +168,32 @@ def test_a_stale_digest_is_not_reused(tmp_path, inputs, change):
     output = tmp_path / "out.safetensors"
     merge(_recipe([a], output), known_digests=known)
     assert _recorded_digests(output) == [sha256_file(a)]
+
+
+# ---- values too large for the output ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,dtype,ratio,limit", [
+    ("exact", "fp16", 4.0, "float16"),  # finite in the input, past fp16's 65504 once scaled
+    ("exact", "auto", 4.0, "float32"),  # past float32 itself
+    ("svd", "auto", 4.0, "float32"),  # the SVD of overflowing products fails inside torch
+])
+def test_values_scaled_past_the_output_range_are_refused_naming_the_file(tmp_path, method, dtype, ratio, limit):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "big.safetensors"
+    write_sample(path, SampleSpec(rank=2, layers=1, dtype="fp32"))
+    tensors = load_file(path)
+    key = "diffusion_model.layers.0.feed_forward.w2.lora_B.weight"
+    big = 1e5 if dtype == "fp16" else 3e38
+    tensors[key][0, 0] = big
+    tensors[key.replace("lora_B", "lora_A")][0, 0] = big
+    save_file(tensors, path)
+    output = tmp_path / "out.safetensors"
+    recipe = Recipe([RecipeInput(str(path), ratio)], str(output), method=method,
+                    rank=2 if method == "svd" else None, dtype=dtype)
+    with pytest.raises(ZLoraError) as caught:
+        merge(recipe)
+    assert str(caught.value).startswith(f"{path}: module layers.0.feed_forward.w2: its values times ratio")
+    assert f"pass the largest {limit}" in str(caught.value)
+    assert not output.exists() and _others(tmp_path, "big.safetensors") == []

@@ -134,7 +134,7 @@ class LoraFile:
             used = (up != 0).any(dim=0)
             if not bool(used.all()):
                 up, down = up[:, used], down[used]
-        if not (_all_finite(down) and _all_finite(up)):
+        if not (all_finite(down) and all_finite(up)):
             raise ZLoraError(f"module {module} holds NaN or Inf values", self.path)
         return down, up, info.scale
 
@@ -200,7 +200,7 @@ class LoraFile:
         return summarize_metadata(self.header.metadata)
 
 
-def _all_finite(tensor) -> bool:
+def all_finite(tensor) -> bool:
     """No NaN or Inf once in float32: one min/max pass (both propagate NaN), no boolean copy."""
     import torch
 

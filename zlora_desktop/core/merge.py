@@ -20,7 +20,7 @@ from typing import Callable
 
 from . import dtypes, keys, model
 from .errors import CancelledError, ZLoraError, one_line
-from .lora_file import LoraFile
+from .lora_file import LoraFile, all_finite
 from .recipe import RECIPE_METADATA_KEY, SOURCES_METADATA_KEY, Recipe
 from .writer import build_state_dict, save_atomic
 
@@ -190,18 +190,22 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
             check_cancel()
             if progress:
                 progress(index, len(names), name)
-            terms = []
+            terms, sources = [], []
             for lora, ratio, weights in inputs:
                 factor = ratio * weights.factor(name)
                 if name in lora.modules and factor != 0.0:
                     down, up, scale = lora.load_stored(name)  # as stored: converted once, below
                     terms.append((down, up, factor * scale))
+                    sources.append(lora.path)
             if not terms:
                 report.dropped.append(name)
                 continue
             if recipe.method == "svd":
                 down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
-                down, up, stats = svd_truncate(down, up, recipe.rank, recipe.energy)
+                try:
+                    down, up, stats = svd_truncate(down, up, recipe.rank, recipe.energy)
+                except torch.linalg.LinAlgError:  # no SVD of values whose products overflow float32
+                    raise _overflow(name, terms, sources, torch.float32) from None
                 stats.module = name
                 down, up = down.to("cpu", dtype), up.to("cpu", dtype)
             else:
@@ -209,6 +213,8 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
                 # straight into the output dtype (bit for bit what float32 then a cast gives).
                 down, up = stack_terms(terms, dtype, "cpu")
                 stats = ModuleStats(name, down.shape[0], down.shape[0])
+            if not (all_finite(down) and all_finite(up)):  # finite inputs, yet scaled past the dtype's range
+                raise _overflow(name, terms, sources, dtype)
             report.modules.append(stats)
             out_modules[name] = (down, up)
             del terms, down, up
@@ -235,6 +241,23 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     report.output_bytes = os.path.getsize(recipe.output)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _overflow(module: str, terms, sources: list[str], dtype) -> ZLoraError:
+    """The error for a module whose merged values leave ``dtype``'s range, naming the input with
+    the largest scaled values (inputs are finite: only their size times the factors overflows)."""
+    import torch
+
+    def largest(term) -> float:
+        down, up, factor = term
+        peak = max(float(down.float().abs().max()), float(up.float().abs().max()))
+        return peak * math.sqrt(abs(factor))
+
+    culprit = max(range(len(terms)), key=lambda index: largest(terms[index]))
+    name = dtypes.torch_name(dtype)
+    remedy = "lower the ratio" if dtype == torch.float32 else "lower the ratio or write fp32"
+    return ZLoraError(f"module {module}: its values times ratio and weight pass the largest {name} "
+                      f"({float(torch.finfo(dtype).max):.3g}); {remedy}", sources[culprit])
 
 
 def _await(futures, check_cancel: Callable[[], None], poll_seconds: float = 0.05) -> list:
