@@ -73,11 +73,12 @@ EXCLUDED_PACKAGES = (
     "PyQt5", "PyQt6", "PySide2",
 )
 
-# Qt modules the GUI does not use (Essentials ones and, where installed, Addons ones).
+# Qt modules the GUI does not use (Essentials ones and, where installed, Addons ones). QtDBus stays:
+# on Linux, Show in folder asks the file manager over D-Bus to select the file.
 PYSIDE6_EXCLUDED = tuple("PySide6." + m for m in (
     "QtQml", "QtQuick", "QtQuickWidgets", "QtQuickControls2", "QtQuickTest", "QtQuick3D",
     "QtDesigner", "QtHelp", "QtUiTools", "QtTest", "QtSql", "QtXml", "QtConcurrent",
-    "QtOpenGL", "QtOpenGLWidgets", "QtNetwork", "QtNetworkAuth", "QtDBus", "QtStateMachine",
+    "QtOpenGL", "QtOpenGLWidgets", "QtNetwork", "QtNetworkAuth", "QtStateMachine",
     "QtWebEngineCore", "QtWebEngineWidgets", "QtWebEngineQuick", "QtWebChannel", "QtWebSockets",
     "QtWebView", "Qt3DCore", "Qt3DRender", "Qt3DInput", "Qt3DLogic", "Qt3DAnimation", "Qt3DExtras",
     "QtMultimedia", "QtMultimediaWidgets", "QtSpatialAudio", "QtCharts", "QtDataVisualization",

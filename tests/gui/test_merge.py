@@ -65,7 +65,9 @@ def assert_same_lora_file(first, second) -> None:
 def test_cancel_stops_between_modules_and_writes_nothing(qtbot, window, full_size_pair, tmp_path):
     session = window.session
     add_and_wait(qtbot, window, full_size_pair)
-    output = tmp_path / "cancelled.safetensors"
+    folder = tmp_path / "out"  # tmp_path also holds the test's user data folder
+    folder.mkdir()
+    output = folder / "cancelled.safetensors"
     session.set_output(output=str(output), method="exact")
     seen: list[tuple[int, int]] = []
 
@@ -79,7 +81,7 @@ def test_cancel_stops_between_modules_and_writes_nothing(qtbot, window, full_siz
     assert seen and seen[0][1] == 240 * 1 and seen[-1][0] < seen[-1][1]
     assert len(seen) == 1  # a cancelled merge's progress no longer reaches the window
     assert not output.exists()
-    assert sorted(os.listdir(tmp_path)) == []  # no partial or temporary file either
+    assert sorted(os.listdir(folder)) == []  # no partial or temporary file either
     assert "nothing was written" in window.output.result.text()
     assert window.output.merge_button.isEnabled() and not window.output.cancel_button.isEnabled()
     # The next merge runs normally.

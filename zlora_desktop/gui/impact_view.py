@@ -479,8 +479,10 @@ class ImpactView(QWidget):
             reason = incomparable_reason(entry.lora, other.lora)  # from the headers: known at once
             if reason:
                 rows.append((other, "not comparable", reason))
-            elif idle:  # nothing runs for this entry any more, yet no result: the job failed
-                rows.append((other, "failed", "could not be computed (the status bar said why)"))
+            elif self.session.overlap_error(entry.id, other.id) or idle:
+                error = self.session.overlap_error(entry.id, other.id)
+                rows.append((other, "failed", f"could not be computed: {error}" if error else
+                             "could not be computed"))
             else:
                 rows.append((other, "computing", None))
         return rows

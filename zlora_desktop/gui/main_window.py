@@ -117,7 +117,7 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.preset_dock, self.history_dock)
         self.preset_dock.raise_()
         self.history_dock.hide()
-        self.autosave = Autosave(self.session, paths.user_data_dir() / AUTOSAVE_FILE, self)
+        self.autosave = Autosave(self.session, paths.user_state_file(AUTOSAVE_FILE), self)
         self._tooltips = WrappingTooltips(self)
 
         self.device_label = QLabel("starting the merge engine…")
@@ -136,6 +136,7 @@ class MainWindow(QMainWindow):
         self.output.browseRequested.connect(self.ask_output)
         self.output.mergeRequested.connect(self.merge)
         self.output.revealFailed.connect(self._show_message)
+        self.lora_panel.message.connect(self._show_message)
         self.presets.folderUsed.connect(lambda folder: self.settings.set_folder("presets", folder))
         self._restore_output_choices()
         self._default_state = self.saveState(STATE_VERSION)
@@ -591,8 +592,9 @@ class MainWindow(QMainWindow):
         line = self.fontMetrics().height()
         height = self.height()
         self.resizeDocks([self.preset_dock], [line * 22], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.lora_dock, self.impact_dock], [max(line * 6, round(height * 0.19)),
-                                                             max(line * 10, round(height * 0.37))],
+        # The list asks for six rows, its ratio editor and its details line (LoraPanel.sizeHint).
+        list_height = min(self.lora_panel.sizeHint().height() + line * 2, round(height * 0.4))
+        self.resizeDocks([self.lora_dock, self.impact_dock], [list_height, max(line * 8, round(height * 0.28))],
                          Qt.Orientation.Vertical)
         self.resizeDocks([self.preset_dock, self.output_dock], [round(height * 0.45), round(height * 0.55)],
                          Qt.Orientation.Vertical)

@@ -45,7 +45,8 @@ class MergeWorker(QObject):
         from ..core.merge import merge
 
         try:
-            report = merge(self._recipe, progress=self._progress, cancel=self._cancel, presets=self._presets)
+            report = merge(self._recipe, progress=self._progress, cancel=self._cancel, presets=self._presets,
+                           known_digests=self._known_digests)
         except CancelledError:
             self.cancelled.emit()
         except ZLoraError as exc:

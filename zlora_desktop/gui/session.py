@@ -269,6 +269,8 @@ class Session(QObject):
             job_key = ("overlap", key)
             if key in self._products or self.tasks.is_running(job_key) or job_key in self._analysis_errors:
                 continue
+            if analysis.incomparable_reason(entry.lora, other.lora):
+                continue  # known from the headers: the impact view says so without a job
             first, second = self._known[key[0]], self._known[key[1]]
             self._start_analysis(job_key, jobs.overlap_products, first.path, second.path,
                                  on_result=functools.partial(self._on_products, key))
@@ -323,6 +325,10 @@ class Session(QObject):
 
     def analysis_error(self, entry_id: int) -> str | None:
         return self._analysis_errors.get(("norms", entry_id))
+
+    def overlap_error(self, entry_id: int, other_id: int) -> str | None:
+        """Why the overlap of two entries could not be computed (None while computing or done)."""
+        return self._analysis_errors.get(("overlap", self._pair(entry_id, other_id)))
 
     def overlaps(self, entry_id: int) -> list[tuple[LoraEntry, dict[str, float] | None]]:
         """For each other usable entry: per-block cosine of the weighted ΔW (None while computing)."""

@@ -1,7 +1,7 @@
 """QSettings of the app: window layout, last folders, recent recipes, output choices.
 
-``ZLORA_DATA_DIR`` (used by tests) moves the settings into that folder's ``settings.ini``, next to
-the user's presets, so a test never reads or writes the real user's settings.
+They live in ``settings.ini`` in the user data folder (``core.paths``), with everything else the app
+keeps for the user; ``ZLORA_DATA_DIR`` (used by tests) moves that folder.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ from PySide6.QtCore import QSettings
 
 from ..core import paths
 
-ORGANIZATION = "ZLoRA"
+ORGANIZATION = "ZLoRA"  # the app's identity for Qt (window manager class, QStandardPaths)
 APPLICATION = "ZLoRA Desktop"
+SETTINGS_FILE = "settings.ini"
 MAX_RECENT = 8
 
 
 def app_settings() -> QSettings:
-    override = os.environ.get("ZLORA_DATA_DIR")
-    if override:
-        return QSettings(os.path.join(override, "settings.ini"), QSettings.Format.IniFormat)
-    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORGANIZATION, APPLICATION)
+    """The app's settings, an INI file in the one user data folder (beside presets and the autosave)."""
+    return QSettings(str(paths.user_state_file(SETTINGS_FILE)), QSettings.Format.IniFormat)
 
 
 def _string_list(value) -> list[str]:
