@@ -36,7 +36,9 @@ from zlora_desktop.core.st_header import read_header
 
 CASES = int(os.environ.get("ZLORA_FUZZ_CASES", "400"))
 SEED = int(os.environ.get("ZLORA_FUZZ_SEED", "0"))
-MERGE_EVERY = 8  # one mutant in this many also goes through a whole merge
+MERGE_EVERY = 4  # one mutant in this many also goes through a whole merge, one of these in turn:
+MERGES = [dict(format="comfyui"), dict(method="svd", rank="auto", energy=0.9, dtype="fp16"),
+          dict(format="diffusers", dtype="fp16")]
 
 # Small but complete: refiners, embedders, alpha as tensors (kohya, fused qkv) or in the header
 # (diffusers), training metadata, two dtypes.
@@ -245,6 +247,22 @@ def mutate_bytes(rng, header, body):
     return bytes(data), f"bits flipped at {positions[:5]}"
 
 
+# The high byte that makes an element huge but finite: (element size, offset of its high byte, byte).
+_HUGE = {"F32": (4, 3, 0x7E), "BF16": (2, 1, 0x7E), "F16": (2, 1, 0x7B)}
+
+
+def mutate_magnitude(rng, header, body):
+    """Finite values near the top of the dtype's range: fine to read, too large to scale."""
+    candidates = [n for n in _tensor_names(header) if header[n].get("dtype") in _HUGE]
+    name = rng.choice(candidates)
+    size, high, value = _HUGE[header[name]["dtype"]]
+    start, end = header[name]["data_offsets"]
+    data = bytearray(body)
+    for element in rng.sample(range(start, end, size), k=min(rng.choice([1, 3, 50]), (end - start) // size)):
+        data[element + high] = value
+    return join_file(header, bytes(data)), f"huge finite values in {name}"
+
+
 def mutate_size(rng, header, body):
     data = join_file(header, body)
     action = rng.choice(["cut", "cut-small", "append"])
@@ -263,7 +281,7 @@ def mutate_plain_size(rng, data: bytes):
 
 
 MUTATIONS = [mutate_entry_field, mutate_entry_shape, mutate_metadata, mutate_names, mutate_header_text,
-             mutate_length, mutate_bytes, mutate_size]
+             mutate_length, mutate_bytes, mutate_size, mutate_magnitude]
 
 
 def mutants(bases: dict[str, bytes], count: int, seed: int):
@@ -345,8 +363,14 @@ def test_mutated_inputs_give_a_result_or_one_clean_line(base_files, tmp_path):
             except Exception as exc:  # noqa: BLE001
                 failures.append(f"{label}: accepted by read_header, refused by safetensors ({exc})")
         if index % MERGE_EVERY == 0:
-            recipe = Recipe([RecipeInput(path, 0.7, "adaLN=0.5, other=2")], str(output), format="comfyui")
-            check_outcome(path, lambda: merge(recipe), label + " (merge)", failures)
+            variant = MERGES[(index // MERGE_EVERY) % len(MERGES)]
+            recipe = Recipe([RecipeInput(path, 0.7, "adaLN=0.5, other=2")], str(output), **variant)
+            if check_outcome(path, lambda: merge(recipe), label + " (merge)", failures):
+                # What the merge wrote, the engine reads back clean (no Inf, no damage).
+                try:
+                    inspect_and_read(str(output))
+                except Exception as exc:  # noqa: BLE001
+                    failures.append(f"{label}: the merge's output does not read back ({exc})")
             leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".")]
             if leftovers:
                 failures.append(f"{label}: merge left {leftovers}")
