@@ -278,3 +278,35 @@ def test_the_first_window_fits_the_screen_at_1x_and_2x(tmp_path, scale):
     assert (width, height) == (1280 // int(scale), 800 // int(scale))
     assert x >= 0 and y >= 0 and x + frame_width <= width and y + frame_height <= height, result
     assert result["status"]
+
+
+def test_the_merge_reuses_the_digests_the_app_computed(qtbot, window, samples, tmp_path):
+    (style,) = add_and_wait(qtbot, window, [samples.style])
+    assert style.sha256 and style.digest_stamp
+    style.sha256 = "0" * 64  # only a reused digest can reach the output's recipe
+    output = tmp_path / "reused.safetensors"
+    window.session.set_output(output=str(output))
+    assert window.merge() and wait_merge(qtbot, window) == "ok"
+    assert recipe_of(output)["inputs"][0]["sha256"] == "0" * 64
+
+
+def test_cancel_after_the_last_module_still_cancels(qtbot, window, samples, tmp_path, monkeypatch):
+    """Cancel pressed while the output is fused, hashed or written: no file, "cancelled", never "Wrote"."""
+    from zlora_desktop.gui.merge_worker import MergeWorker
+
+    add_and_wait(qtbot, window, [samples.style, samples.character])
+    folder = tmp_path / "out"
+    folder.mkdir()
+    window.session.set_output(output=str(folder / "late.safetensors"))
+    report = MergeWorker._progress
+
+    def cancel_once_every_module_is_done(worker, done: int, total: int, module: str) -> None:
+        report(worker, done, total, module)
+        if done >= total:  # in the worker thread, exactly when the last module is behind it
+            worker.request_cancel()
+
+    monkeypatch.setattr(MergeWorker, "_progress", cancel_once_every_module_is_done)
+    assert window.merge()
+    assert wait_merge(qtbot, window) == "cancelled"
+    assert os.listdir(folder) == []
+    assert "Wrote" not in window.output.result.text() and "Cancelled" in window.output.result.text()
