@@ -30,14 +30,14 @@ def _type_text(editor, text: str) -> None:
 def test_typed_weights_text_is_applied_by_commit_pending_without_enter(qtbot, loaded):
     window, entry = loaded
     editor = window.editor
-    stack = window.session.undo_stack
+    stack = window.session.history
     steps = stack.count()
     _type_text(editor, "default=0.5")
     assert editor.text.hasFocus() and entry.weights.is_identity()  # no Enter, no focus change yet
     assert editor.commit_pending() is None
     assert entry.weights == BlockWeights.parse("default=0.5")
     assert BlockWeights.parse(editor.text.text()) == entry.weights
-    assert stack.undoText() == "Edit weights text" and stack.count() == steps + 1
+    assert stack.undo_text() == "Edit weights text" and stack.count() == steps + 1
     assert editor.commit_pending() is None  # nothing pending: no further step
     assert stack.count() == steps + 1
 
@@ -87,7 +87,7 @@ def test_a_cell_value_typed_but_not_confirmed_is_committed(qtbot, loaded):
     assert window.editor.commit_pending() is None
     assert entry.weights.get("L07", "w2") == 0.3
     assert grid.state() != QAbstractItemView.State.EditingState
-    assert window.session.undo_stack.undoText() == "Set L07.w2 to 0.3"
+    assert window.session.history.undo_text() == "Set L07.w2 to 0.3"
 
 
 def test_a_value_typed_into_the_other_modules_box_is_in_the_document_as_typed(qtbot, loaded):
@@ -100,6 +100,6 @@ def test_a_value_typed_into_the_other_modules_box_is_in_the_document_as_typed(qt
     # box under the typing ("0" shown back as "0.00" would swallow the ".4").
     assert other.text() == "0.4"
     assert entry.weights.other == 0.4
-    steps = window.session.undo_stack.count()
+    steps = window.session.history.count()
     assert window.editor.commit_pending() is None
-    assert entry.weights.other == 0.4 and window.session.undo_stack.count() == steps
+    assert entry.weights.other == 0.4 and window.session.history.count() == steps

@@ -55,7 +55,7 @@ def test_the_master_scales_each_block_as_it_was_in_one_undo_step(qtbot, face):
     window, entry, tab = face
     tab.set_block("L03", 0.4)
     tab.set_block("L10", 1.2)
-    stack = window.session.undo_stack
+    stack = window.session.history
     steps = stack.count()
     before = entry.weights.copy()
     master = tab.master
@@ -88,13 +88,13 @@ def test_the_master_scales_each_block_as_it_was_in_one_undo_step(qtbot, face):
 def test_a_factor_typed_in_the_master_box_scales_until_the_box_is_left(qtbot, face):
     window, entry, tab = face
     tab.set_block("L16", 1.5)
-    steps = window.session.undo_stack.count()
+    steps = window.session.history.count()
     spin = tab.master_spin
     spin.setFocus()
     spin.selectAll()
     QTest.keyClicks(spin, "0.5")  # "0", "0.", "0.5": each relative to the values where the typing began
     assert entry.weights.get("L16", "w2") == 0.75 and entry.weights.get("L02", "v") == 0.5
-    assert window.session.undo_stack.count() == steps + 1
+    assert window.session.history.count() == steps + 1
     window.editor.text.setFocus()  # leaving the box ends the gesture
     assert spin.text() == "×1.00"
     assert entry.weights.get("L16", "w2") == 0.75

@@ -54,16 +54,16 @@ def test_apply_a_preset_to_the_selected_lora_then_undo_and_redo(qtbot, two):
     assert second.weights.is_identity()
     assert first.preset == "face-only"
     assert "[face-only]" in window.session.model.data(window.session.model.index(0, 1))
-    assert window.session.undo_stack.undoText() == "Apply preset face-only to first" or \
-        window.session.undo_stack.undoText().startswith("Apply preset face-only to ")
+    assert window.session.history.undo_text() == "Apply preset face-only to first" or \
+        window.session.history.undo_text().startswith("Apply preset face-only to ")
     # The editor shows the preset's grid.
     model = window.editor.all_blocks.grid_model
     assert model.data(model.index_of("L03", "q")) == "0"
     assert model.data(model.index_of("L03", "v")) == "1"
-    window.session.undo_stack.undo()
+    window.session.undo()
     assert first.weights.is_identity() and first.preset is None
     assert model.data(model.index_of("L03", "q")) == "1"
-    window.session.undo_stack.redo()
+    window.session.redo()
     assert first.weights == grid
     # Editing a cell afterwards keeps the origin, marked as edited.
     window.session.set_cells(first.id, {("L03", "q"): 0.5})
@@ -80,7 +80,7 @@ def test_double_click_applies_and_shift_double_click_applies_to_all(qtbot, two):
     refiners_off = BlockWeights.parse("NR=0, CR=0")
     assert first.weights == refiners_off and second.weights == refiners_off
     # One undo step for the whole list.
-    window.session.undo_stack.undo()
+    window.session.undo()
     assert first.weights == BlockWeights.parse("default=0, L21-L29=1")
     assert second.weights.is_identity()
 
@@ -90,7 +90,7 @@ def test_apply_to_all_button(qtbot, two):
     window.presets.select("light-soft")
     window.presets.apply_all_button.click()
     assert all(e.weights == BlockWeights.parse("adaLN=0.5, v=0.5") for e in entries)
-    assert window.session.undo_stack.undoText() == "Apply preset light-soft to 2 LoRAs"
+    assert window.session.history.undo_text() == "Apply preset light-soft to 2 LoRAs"
 
 
 def test_user_presets_save_rename_delete_persist_and_undo(qtbot, two):
@@ -111,14 +111,14 @@ def test_user_presets_save_rename_delete_persist_and_undo(qtbot, two):
     session.delete_preset("mine-2")
     assert PresetStore().user == []
     assert window.presets.item_for("mine-2") is None
-    session.undo_stack.undo()  # delete
+    session.undo()  # delete
     assert [p.name for p in PresetStore().user] == ["mine-2"]
-    session.undo_stack.undo()  # rename
+    session.undo()  # rename
     assert [p.name for p in PresetStore().user] == ["mine"]
     assert PresetStore().get("mine").description == "my favourite"
-    session.undo_stack.undo()  # save
+    session.undo()  # save
     assert PresetStore().user == []
-    session.undo_stack.redo()
+    session.redo()
     assert [p.name for p in PresetStore().user] == ["mine"]
 
 
@@ -130,7 +130,7 @@ def test_built_in_presets_cannot_be_renamed_or_deleted(qtbot, window):
 
     with pytest.raises(ZLoraError):
         window.session.delete_preset("face-only")
-    assert window.session.undo_stack.count() == 0  # a refused change leaves no undo step
+    assert window.session.history.count() == 0  # a refused change leaves no undo step
 
 
 def test_export_and_import_json_and_lbw(qtbot, window, tmp_path):
@@ -154,7 +154,7 @@ def test_export_and_import_json_and_lbw(qtbot, window, tmp_path):
     names = session.import_presets(str(json_file))
     assert names == ["light-soft"]
     assert [p.name for p in PresetStore().user] == ["refiners-off", "mid-half", "light-soft"]
-    session.undo_stack.undo()
+    session.undo()
     assert [p.name for p in PresetStore().user] == ["refiners-off", "mid-half"]
 
 
@@ -189,7 +189,7 @@ def test_a_category_tab_applies_its_presets_in_one_click(qtbot, two):
     QTest.mouseClick(tab.preset_buttons["light-soft"], Qt.MouseButton.LeftButton)
     assert first.weights == BlockWeights.parse("adaLN=0.5, v=0.5") and second.weights.is_identity()
     assert tab.sliders["L04"].value_label.text() == "0.5"  # the tab shows what it just applied
-    window.session.undo_stack.undo()
+    window.session.undo()
     QTest.mouseClick(tab.preset_buttons["light-soft"], Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier)
     assert first.weights == second.weights == BlockWeights.parse("adaLN=0.5, v=0.5")
 
@@ -213,7 +213,7 @@ def test_an_effect_tab_preset_changes_only_that_tabs_components(qtbot, two):
     assert first.weights.get("L02", "q") == 1.0  # the preset has 0 there, but q is not this tab's
     assert first.weights.other == 0.8
     assert second.weights.is_identity()
-    session.undo_stack.undo()
+    session.undo()
     assert first.weights == before
 
 
@@ -221,12 +221,12 @@ def test_a_click_on_a_preset_shows_its_grid_and_changes_nothing(qtbot, two):
     window, (first, _second) = two
     panel = window.presets
     tree = panel.tree
-    steps = window.session.undo_stack.count()
+    steps = window.session.history.count()
     item = panel.item_for("face-only")
     tree.scrollToItem(item)
     QTest.mouseClick(tree.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
                      tree.visualItemRect(item).center())
-    assert first.weights.is_identity() and window.session.undo_stack.count() == steps
+    assert first.weights.is_identity() and window.session.history.count() == steps
     grid = window.session.store.get("face-only").block_weights()
     preview = panel.preview
     assert preview.isVisible() and preview.weights() == grid

@@ -22,7 +22,7 @@ def test_save_and_open_a_recipe_round_trip(qtbot, window, samples, tmp_path):
                        format="comfyui", dtype="fp16", device="cpu")
     path = tmp_path / "mix.json"
     assert window.save_recipe(str(path))
-    assert session.undo_stack.isClean() and "mix.json" in window.windowTitle()
+    assert session.history.is_clean() and "mix.json" in window.windowTitle()
 
     data = json.loads(path.read_text(encoding="utf-8"))
     assert data["inputs"][0] == {"path": "../loras0/style.safetensors", "ratio": 1.0, "preset": "face-layers"} \
@@ -47,7 +47,7 @@ def test_save_and_open_a_recipe_round_trip(qtbot, window, samples, tmp_path):
     assert (out.method, out.rank_auto, out.energy, out.format, out.dtype, out.device) == \
         ("svd", True, 0.95, "comfyui", "fp16", "cpu")
     assert window.output.format.currentData() == "comfyui"
-    assert session.undo_stack.count() == 0  # opening starts a fresh history
+    assert session.history.count() == 0  # opening starts a fresh history
 
 
 def test_a_recipe_naming_missing_files_opens_with_those_rows_marked(qtbot, window, samples, tmp_path):

@@ -52,8 +52,8 @@ def test_typing_into_a_grid_cell_sets_that_weight(qtbot, loaded):
     assert entry.weights.get("L05", "k") == 1.0
     assert grid.model().data(grid.model().index_of("L05", "q")) == "0.5"
     assert window.editor.text.text() == "L05.q=0.5"
-    assert window.session.undo_stack.undoText() == "Set L05.q to 0.5"
-    window.session.undo_stack.undo()
+    assert window.session.history.undo_text() == "Set L05.q to 0.5"
+    window.session.undo()
     assert entry.weights.is_identity()
     assert window.editor.text.text() == ""
 
@@ -74,7 +74,7 @@ def test_a_component_row_from_its_header_is_set_in_one_step(qtbot, loaded):
     tab.value.setValue(2.0)
     tab.scale_button.click()
     assert entry.weights.get("L10", "adaLN") == 0.5
-    stack = window.session.undo_stack
+    stack = window.session.history
     stack.undo()
     stack.undo()
     assert entry.weights.is_identity()
@@ -86,11 +86,11 @@ def test_a_block_column_takes_one_typed_value_for_all_its_cells(qtbot, loaded):
     _click_header(qtbot, grid.horizontalHeader(), zit.BLOCKS.index("L10"))
     assert sorted(grid.selected_cells()) == sorted(("L10", c) for c in zit.COMPONENTS)
     grid.setFocus()
-    steps = window.session.undo_stack.count()
+    steps = window.session.history.count()
     _type_into_grid(qtbot, grid, "2", "")
     assert all(entry.weights.get("L10", c) == 2.0 for c in zit.COMPONENTS)
     assert entry.weights.get("L11", "q") == 1.0
-    assert window.session.undo_stack.count() == steps + 1
+    assert window.session.history.count() == steps + 1
     # Delete resets the selection to 1.
     QTest.keyClick(grid, Qt.Key.Key_Delete)
     assert entry.weights.is_identity()
@@ -119,7 +119,7 @@ def test_category_tab_sliders_set_only_that_category_and_its_master_scales_every
     assert all(entry.weights.get(b, c) == 0.0 for b in zit.BLOCKS for c in tab.components)
     assert all(entry.weights.get(b, "q") == 1.0 for b in zit.BLOCKS)
     assert BlockWeights.parse(window.editor.text.text()) == BlockWeights.parse("v,w1,w2,w3=0")
-    stack = window.session.undo_stack
+    stack = window.session.history
     stack.undo()
     assert entry.weights.get("L16", "w1") == 1.5 and entry.weights.get("L02", "v") == 1.0
     stack.undo()
@@ -143,7 +143,7 @@ def test_a_slider_drag_is_one_undo_step(qtbot, loaded):
     tab = window.editor.category_tabs["prompt"]
     window.editor.tabs.setCurrentWidget(tab)
     slider = tab.sliders["L03"].slider
-    stack = window.session.undo_stack
+    stack = window.session.history
     steps = stack.count()
     slider.setSliderDown(True)  # the user grabs the handle (emits sliderPressed)
     for position in (90, 70, 40, 20):
@@ -197,6 +197,6 @@ def test_selecting_another_lora_shows_its_weights(qtbot, loaded):
     assert model.data(model.index_of("L01", "v")) == "0.3"
     # Undo of a change on another LoRA brings that LoRA back into view.
     window.lora_panel.view.selectRow(1)
-    window.session.undo_stack.undo()
+    window.session.undo()
     assert window.session.current_id == first.id
     assert first.weights.is_identity()

@@ -351,30 +351,6 @@ class Session(QObject):
             out.append((other, cosines))
         return out
 
-    @property
-    def undo_stack(self) -> "_UndoStackNames":
-        """Transitional: QUndoStack's method names over the history, until the last tests move to ``history``."""
-        return _UndoStackNames(self)
-
     def shutdown(self) -> None:
         self.tasks.shutdown()
 
-
-class _UndoStackNames:
-    def __init__(self, session: Session):
-        self._session, self._history = session, session.history
-
-    def undo(self) -> None:
-        self._session.undo()
-
-    def redo(self) -> None:
-        self._session.redo()
-
-    def count(self) -> int:
-        return self._history.count()
-
-    def undoText(self) -> str:  # noqa: N802
-        return self._history.undo_text()
-
-    def isClean(self) -> bool:  # noqa: N802
-        return self._history.is_clean()
