@@ -245,9 +245,13 @@ class MainWindow(QMainWindow):
         if dock is not None:
             dock.show()
             dock.raise_()
-        target = panel.focusProxy() or panel
-        if target.focusPolicy() & Qt.FocusPolicy.TabFocus and target.isEnabled():
-            target.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        # Where the keyboard does the panel's main work: the list's rows, the weight grid.
+        list_target = self.lora_panel.view if self.session.model.rowCount() else self.lora_panel.add_button
+        primary = {self.lora_panel: list_target, self.editor: self.editor.all_blocks.grid}.get(panel)
+        if primary is None and panel.focusPolicy() & Qt.FocusPolicy.TabFocus:
+            primary = panel  # a panel that is one widget (History)
+        if primary is not None and primary.isVisibleTo(self) and primary.isEnabled():
+            primary.setFocus(Qt.FocusReason.ShortcutFocusReason)
         else:
             # The panel's first focusable child, in Tab order.
             widget = panel.nextInFocusChain()
@@ -593,10 +597,12 @@ class MainWindow(QMainWindow):
         height = self.height()
         self.resizeDocks([self.preset_dock], [line * 22], Qt.Orientation.Horizontal)
         # The list asks for six rows, its ratio editor and its details line (LoraPanel.sizeHint).
-        list_height = min(self.lora_panel.sizeHint().height() + line * 2, round(height * 0.4))
-        self.resizeDocks([self.lora_dock, self.impact_dock], [list_height, max(line * 8, round(height * 0.28))],
-                         Qt.Orientation.Vertical)
-        self.resizeDocks([self.preset_dock, self.output_dock], [round(height * 0.45), round(height * 0.55)],
+        list_height = min(self.lora_panel.sizeHint().height() + line * 2, round(height * 0.38))
+        # The editor keeps its whole grid and text line; the impact view (which scrolls) gets the rest.
+        editor_height = self.editor.minimumSizeHint().height() + line * 2
+        impact_height = max(line * 6, height - list_height - editor_height - line * 4)
+        self.resizeDocks([self.lora_dock, self.impact_dock], [list_height, impact_height], Qt.Orientation.Vertical)
+        self.resizeDocks([self.preset_dock, self.output_dock], [round(height * 0.4), round(height * 0.6)],
                          Qt.Orientation.Vertical)
 
     def _restore_layout(self) -> None:

@@ -9,8 +9,8 @@ import time
 
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QHBoxLayout, QLabel,
-                               QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox,
-                               QToolButton, QVBoxLayout, QWidget)
+                               QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
+                               QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from ..core import options
 from ..core.errors import ZLoraError
@@ -195,30 +195,33 @@ class OutputPanel(QWidget):
         result_row.setContentsMargins(0, 0, 0, 0)
         result_row.addWidget(self.result, 1)
         result_row.addWidget(self.show_button, 0, Qt.AlignmentFlag.AlignTop)
-        # Settings, buttons and result scroll when the dock is short (a small screen, 200 % scaling),
-        # so that the window always fits the screen; the log takes what height is left.
+        # The settings scroll when the dock is short (a small screen, 200 % scaling), so that the window
+        # always fits the screen; Merge, progress and the result stay in view below them.
         settings = QWidget()
         settings_layout = QVBoxLayout(settings)
         settings_layout.setContentsMargins(6, 2, 6, 0)
-        settings_layout.setSpacing(4)
         settings_layout.addLayout(form)
-        settings_layout.addLayout(actions)
-        settings_layout.addWidget(self.progress)
-        settings_layout.addLayout(result_row)
+        settings_layout.addStretch(1)
         self.settings_area = QScrollArea()
         self.settings_area.setWidget(settings)
         self.settings_area.setWidgetResizable(True)
         self.settings_area.setFrameShape(QFrame.Shape.NoFrame)
         self.settings_area.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.settings_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._settings = settings
+        bottom = QVBoxLayout()
+        bottom.setContentsMargins(6, 0, 6, 0)
+        bottom.setSpacing(4)
+        bottom.addLayout(actions)
+        bottom.addWidget(self.progress)
+        bottom.addLayout(result_row)
+        bottom.addWidget(self.log_view, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 4)
         layout.setSpacing(4)
-        layout.addWidget(self.settings_area, 3)
-        log_row = QVBoxLayout()
-        log_row.setContentsMargins(6, 0, 6, 0)
-        log_row.addWidget(self.log_view)
-        layout.addLayout(log_row, 1)
+        layout.addWidget(self.settings_area)
+        layout.addLayout(bottom, 1)
+        self._bottom = bottom
 
         for combo, key in ((self.format, "format"), (self.method, "method"), (self.dtype, "dtype"),
                            (self.device, "device")):
@@ -239,6 +242,17 @@ class OutputPanel(QWidget):
         controller.cancelled.connect(self._on_cancelled)
         controller.busyChanged.connect(self._update_state)
         self.show_settings()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit_settings()
+
+    def _fit_settings(self) -> None:
+        """The settings take the height they need before the log does; they scroll only when even the
+        log's three lines would not fit beside them."""
+        room = self.height() - self._bottom.minimumSize().height() - 8
+        self.settings_area.setFixedHeight(max(self.fontMetrics().height() * 3,
+                                              min(self._settings.sizeHint().height(), room)))
 
     def sizeHint(self) -> QSize:
         return QSize(self.fontMetrics().horizontalAdvance("M") * 30, self.fontMetrics().height() * 22)
@@ -305,6 +319,7 @@ class OutputPanel(QWidget):
         if not busy and self.last_outcome in ("", "reset"):
             self.progress.setFormat("Ready to merge" if usable and output else
                                     "Add LoRAs to merge" if not usable else "Choose an output file")
+        self._fit_settings()  # a note shown or hidden changes the height the settings need
 
     @staticmethod
     def _set_note(label: QLabel, text: str) -> None:
@@ -322,9 +337,8 @@ class OutputPanel(QWidget):
         elif missing_folder:
             text = f"The folder {html.escape(folder)} does not exist."
         elif output and os.path.exists(output) and not self.session.output.output_confirmed:
-            text = (f"{html.escape(os.path.basename(output))} exists: the merge writes "
-                    f"<b>{html.escape(os.path.basename(free_name(output)))}</b> beside it. To replace it, "
-                    f"choose it with “…”.")
+            text = (f"Exists: the merge writes <b>{html.escape(os.path.basename(free_name(output)))}</b>. "
+                    f"To replace it, choose it with “…”.")
         else:
             text = ""
         self._set_note(self.path_note, text)
