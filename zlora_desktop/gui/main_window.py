@@ -43,7 +43,8 @@ STATE_VERSION = 2  # 2: History beside Presets
 LORA_SUFFIX = ".safetensors"
 AUTOSAVE_FILE = "autosave.json"
 DEFAULT_SIZE = (1280, 800)
-FRAME_ALLOWANCE = 48  # a title bar and borders, before the window manager says how large they are
+FRAME_ALLOWANCE = 48
+COMPACT_HEIGHT = 600  # logical pixels: below this the right-hand docks are tabbed  # a title bar and borders, before the window manager says how large they are
 
 
 class _ExposeWatcher(QObject):
@@ -621,6 +622,10 @@ class MainWindow(QMainWindow):
                 width = available.width() - FRAME_ALLOWANCE // 2
                 height = available.height() - FRAME_ALLOWANCE
                 self.setWindowState(Qt.WindowState.WindowMaximized)
+                if available.height() < COMPACT_HEIGHT:
+                    # Presets and Output share one place (tabs), Output in front: both cannot be tall enough.
+                    self.tabifyDockWidget(self.output_dock, self.preset_dock)
+                    self.output_dock.raise_()
             self.resize(width, height)
         self._default_sizes()
 
