@@ -112,6 +112,17 @@ def window(qtbot):
     main_window.close()
 
 
+@pytest.fixture
+def loaded(qtbot, window, samples):
+    """The window with the style sample read and selected: (window, its entry)."""
+    from .helpers import wait_loaded
+
+    window.session.add_paths([samples.style])
+    (entry,) = wait_loaded(qtbot, window, 1)
+    window.session.set_current(entry.id)
+    return window, entry
+
+
 # ---- what the GUI thread touches -------------------------------------------------------------------
 
 _audit_state = {"on": False, "events": [], "installed": False}

@@ -3,22 +3,11 @@
 
 from __future__ import annotations
 
-import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QAbstractItemView, QApplication, QLineEdit
 
 from zlora_desktop.core.weights import BlockWeights
-
-from .helpers import wait_loaded
-
-
-@pytest.fixture
-def loaded(qtbot, window, samples):
-    window.session.add_paths([samples.style])
-    (entry,) = wait_loaded(qtbot, window, 1)
-    window.session.set_current(entry.id)
-    return window, entry
 
 
 def _type_text(editor, text: str) -> None:
