@@ -310,3 +310,11 @@ def test_cancel_after_the_last_module_still_cancels(qtbot, window, samples, tmp_
     assert wait_merge(qtbot, window) == "cancelled"
     assert os.listdir(folder) == []
     assert "Wrote" not in window.output.result.text() and "Cancelled" in window.output.result.text()
+
+
+def test_the_empty_list_offers_the_demo_as_a_first_step(qtbot, window):
+    button = window.lora_panel.demo_button
+    assert button.isVisible()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(window.session.document) == 3, timeout=20000)
+    assert not button.isVisible()

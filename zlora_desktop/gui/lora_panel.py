@@ -16,7 +16,7 @@ import itertools
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence, QPainter, QPalette, QPen, QValidator
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDoubleSpinBox, QHBoxLayout, QHeaderView, QLabel,
-                               QMenu, QSizePolicy, QSlider, QStyle, QStyledItemDelegate, QStyleOptionViewItem,
+                               QMenu, QPushButton, QSizePolicy, QSlider, QStyle, QStyledItemDelegate, QStyleOptionViewItem,
                                QTableView, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.document import FAILED, LOADING, double_counting_reason
@@ -375,6 +375,7 @@ class LoraPanel(QWidget):
 
     addFilesRequested = Signal()
     addFolderRequested = Signal()
+    demoRequested = Signal()
     message = Signal(str)  # one line for the status bar (a file manager that could not be opened)
 
     def __init__(self, session, parent=None):
@@ -414,6 +415,10 @@ class LoraPanel(QWidget):
                                     QStyle.StandardPixmap.SP_TrashIcon)
         self.up_button = button("Up", "Move the LoRA up (Alt+Up)", QStyle.StandardPixmap.SP_ArrowUp)
         self.down_button = button("Down", "Move the LoRA down (Alt+Down)", QStyle.StandardPixmap.SP_ArrowDown)
+        # The empty list's other first step: three small sample LoRAs and a recipe, to try everything.
+        self.demo_button = QPushButton("Try the demo LoRAs")
+        self.demo_button.setToolTip("Generate three small sample LoRAs and a recipe (Help ▸ Load demo LoRAs)")
+        self.demo_button.clicked.connect(self.demoRequested)
         # Shortcuts scoped to this panel: Delete in the weight grid means something else.
         for key, slot in ((QKeySequence.StandardKey.Delete, self.remove_selected),
                           (QKeySequence("Alt+Up"), lambda: self._move(-1)),
@@ -443,6 +448,7 @@ class LoraPanel(QWidget):
         for widget in (self.add_button, self.add_folder_button, self.remove_button, self.up_button, self.down_button):
             buttons.addWidget(widget)
         buttons.addStretch(1)
+        buttons.addWidget(self.demo_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 4)
         layout.setSpacing(4)
@@ -558,6 +564,7 @@ class LoraPanel(QWidget):
         row = self.session.model.row_of(self.session.current_id)
         has_selection = bool(self.view.selectionModel().selectedRows()) or row >= 0
         self.remove_button.setEnabled(has_selection)
+        self.demo_button.setVisible(count == 0)
         self.up_button.setEnabled(row > 0)
         self.down_button.setEnabled(0 <= row < count - 1)
 

@@ -138,6 +138,7 @@ class MainWindow(QMainWindow):
         self.output.mergeRequested.connect(self.merge)
         self.output.revealFailed.connect(self._show_message)
         self.lora_panel.message.connect(self._show_message)
+        self.lora_panel.demoRequested.connect(self.load_demo)
         self.presets.folderUsed.connect(lambda folder: self.settings.set_folder("presets", folder))
         self._restore_output_choices()
         self._default_state = self.saveState(STATE_VERSION)
