@@ -192,7 +192,7 @@ def test_unsaved_work_is_offered_back_after_a_crash(qtbot, samples, tmp_path):
     answer_next_dialog(qtbot, "Reopen", seen)
     second.show()
     qtbot.waitUntil(lambda: len(second.session.document) == 2, timeout=10000)
-    assert "unsaved changes" in seen[0]["text"]
+    assert "closed with unsaved work" in seen[0]["text"]
     assert [e.ratio for e in second.session.document.entries] == [1.0, -0.7]
     assert second.isWindowModified()
     second.interactive = False

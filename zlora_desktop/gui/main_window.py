@@ -338,11 +338,11 @@ class MainWindow(QMainWindow):
         if saved is None:
             return False
         when = time.strftime("%d %b %H:%M", time.localtime(saved.written)) if saved.written else "an earlier run"
-        name = os.path.basename(saved.recipe_path) if saved.recipe_path else "an unsaved recipe"
         count = len(saved.recipe.inputs)
+        what = f"changes to {os.path.basename(saved.recipe_path)}" if saved.recipe_path else "work"
         box = QMessageBox(QMessageBox.Icon.Question, "Reopen unsaved work?",
-                          f"ZLoRA Desktop closed with unsaved changes to {name} "
-                          f"({count} LoRA{'s' if count != 1 else ''}, {when}). Reopen them?", parent=self)
+                          f"ZLoRA Desktop closed with unsaved {what} ({count} LoRA{'s' if count != 1 else ''}, "
+                          f"{when}). Reopen it?", parent=self)
         reopen = box.addButton("Reopen", QMessageBox.ButtonRole.AcceptRole)
         box.addButton("Discard", QMessageBox.ButtonRole.DestructiveRole)
         box.setDefaultButton(reopen)
