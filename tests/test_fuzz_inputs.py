@@ -21,7 +21,6 @@ import random
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest

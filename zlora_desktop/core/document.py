@@ -24,6 +24,7 @@ from typing import Callable, Hashable, Iterable
 from . import options
 from .errors import ZLoraError
 from .history import CallbackCommand, Command, History
+from .model import COMPONENTS
 from .presets import Preset, PresetStore
 from .recipe import RECIPE_METADATA_KEY, Recipe, RecipeInput
 from .weights import BlockWeights, format_value
@@ -400,7 +401,7 @@ class Document:
         if not changes:
             return
         target = self.entry(next(iter(changes))).name if len(changes) == 1 else f"{len(changes)} LoRAs"
-        scope = f" ({', '.join(c for c in options_components(only))})" if only is not None else ""
+        scope = f" ({', '.join(c for c in COMPONENTS if c in only)})" if only is not None else ""
         self._push(WeightsCommand(self, changes, f"Apply preset {preset.name}{scope} to {target}"))
 
     def preset_label(self, entry: Entry) -> str | None:
@@ -680,13 +681,6 @@ class Document:
         self.recipe_path = path
         self.history.set_clean()
         self._emit("recipe_path")
-
-
-def options_components(components) -> list[str]:
-    """Components in model order (for messages)."""
-    from .model import COMPONENTS
-
-    return [c for c in COMPONENTS if c in components]
 
 
 def double_counting_reason(entry: Entry) -> str | None:

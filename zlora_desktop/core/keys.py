@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from . import model
-from .options import FORMAT_CAVEATS, FORMATS  # noqa: F401 (FORMAT_CAVEATS re-exported)
+from .options import FORMATS
 
 FUSED_QKV = "attention.qkv"
 

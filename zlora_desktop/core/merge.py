@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import dtypes, keys, model
+from . import dtypes, model, options
 from .errors import CancelledError, ZLoraError, one_line
 from .lora_file import LoraFile, all_finite
 from .recipe import RECIPE_METADATA_KEY, SOURCES_METADATA_KEY, Recipe
@@ -221,7 +221,7 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         check_cancel()
         if not out_modules:
             raise ZLoraError("every module has weight 0: nothing to write")
-        caveat = keys.FORMAT_CAVEATS.get(recipe.format)
+        caveat = options.FORMAT_CAVEATS.get(recipe.format)
         if caveat and any((model.split_module(m) or (None, None))[1] in caveat[0] for m in out_modules):
             report.warnings.append(f"format {recipe.format}: {caveat[1]}")
         if progress:

@@ -417,7 +417,8 @@ class LoraPanel(QWidget):
         self.down_button = button("Down", "Move the LoRA down (Alt+Down)", QStyle.StandardPixmap.SP_ArrowDown)
         # The empty list's other first step: three small sample LoRAs and a recipe, to try everything.
         self.demo_button = QPushButton("Try the demo LoRAs")
-        self.demo_button.setToolTip("Generate three small sample LoRAs and a recipe (Help ▸ Load demo LoRAs)")
+        self.demo_button.setToolTip(rich_tooltip(
+            "Generate three small sample LoRAs and a recipe (Help ▸ Load demo LoRAs)"))
         self.demo_button.clicked.connect(self.demoRequested)
         # Shortcuts scoped to this panel: Delete in the weight grid means something else.
         for key, slot in ((QKeySequence.StandardKey.Delete, self.remove_selected),

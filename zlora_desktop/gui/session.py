@@ -16,7 +16,7 @@ from typing import Hashable, Iterable
 from PySide6.QtCore import QObject, Signal
 
 from ..core import analysis  # torch-free at import: its functions load torch when called
-from ..core.document import LOADING, Document, Entry
+from ..core.document import Document, Entry
 from ..core.presets import PresetStore
 from ..core.recipe import Recipe
 from ..core.weights import BlockWeights
@@ -330,7 +330,7 @@ class Session(QObject):
         """Why the overlap of two entries could not be computed (None while computing or done)."""
         return self._analysis_errors.get(("overlap", self._pair(entry_id, other_id)))
 
-    def overlaps(self, entry_id: int) -> list[tuple[LoraEntry, dict[str, float] | None]]:
+    def overlaps(self, entry_id: int) -> list[tuple[Entry, dict[str, float] | None]]:
         """For each other usable entry: per-block cosine of the weighted ΔW (None while computing)."""
         entry = self.model.entry(entry_id)
         if entry is None:
