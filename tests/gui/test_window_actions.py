@@ -318,3 +318,19 @@ def test_the_empty_list_offers_the_demo_as_a_first_step(qtbot, window):
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: len(window.session.document) == 3, timeout=20000)
     assert not button.isVisible()
+
+
+def test_long_tooltips_of_the_window_and_the_output_panel_wrap(window):
+    """Qt shows plain text as one line however long: long tooltips must be rich text, which wraps."""
+    from PySide6.QtGui import Qt as GuiQt
+    from PySide6.QtWidgets import QWidget
+
+    for root in (window.output, window.statusBar(), window.history):
+        for widget in [root] + root.findChildren(QWidget):
+            text = widget.toolTip()
+            if len(text) > 60:
+                assert GuiQt.mightBeRichText(text), (widget, text)
+    combo = window.output.format
+    for index in range(combo.count()):
+        tip = combo.itemData(index, Qt.ItemDataRole.ToolTipRole) or ""
+        assert len(tip) <= 60 or GuiQt.mightBeRichText(tip), tip

@@ -257,6 +257,7 @@ class Document:
         self.output = OutputSettings()
         self.recipe_path = ""
         self._entries: list[Entry] = []
+        self._by_id: dict[int, Entry] = {}  # the same entries, for lookups by id (views ask often)
         self._listeners: list[Callable[..., None]] = []
 
     # ---- observing ------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class Document:
         return list(self._entries)
 
     def entry(self, entry_id: int) -> Entry | None:
-        return next((e for e in self._entries if e.id == entry_id), None)
+        return self._by_id.get(entry_id)
 
     def entry_at(self, row: int) -> Entry | None:
         return self._entries[row] if 0 <= row < len(self._entries) else None
@@ -463,6 +464,7 @@ class Document:
     def _insert(self, row: int, entries: list[Entry]) -> None:
         row = max(0, min(row, len(self._entries)))
         self._entries[row:row] = entries
+        self._by_id.update((e.id, e) for e in entries)
         self._emit("inserted", row, list(entries))
         self._update_double_counting()
 
@@ -470,6 +472,7 @@ class Document:
         row = self.row_of(entry_id)
         if row >= 0:
             entry = self._entries.pop(row)
+            del self._by_id[entry.id]
             self._emit("removed", row, entry)
             self._update_double_counting()
 
@@ -640,6 +643,7 @@ class Document:
         device stay as chosen (they are the user's habits), its path does not."""
         out = self.output
         self._entries = []
+        self._by_id = {}
         self.output = OutputSettings(format=out.format, method=out.method, rank=out.rank, rank_auto=out.rank_auto,
                                      energy=out.energy, dtype=out.dtype, device=out.device)
         self.recipe_path = ""

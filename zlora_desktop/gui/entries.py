@@ -87,7 +87,8 @@ class LoraListModel(QAbstractTableModel):
 
     @property
     def entries(self) -> list[Entry]:
-        return [e for e in (self._doc.entry(i) for i in self._ids) if e is not None]
+        entries = (self._doc.entry(i) for i in self._ids)
+        return [e for e in entries if e is not None]
 
     def entry(self, entry_id: int) -> Entry | None:
         return self._doc.entry(entry_id) if entry_id in self._ids else None
@@ -96,7 +97,10 @@ class LoraListModel(QAbstractTableModel):
         return self._doc.entry(self._ids[row]) if 0 <= row < len(self._ids) else None
 
     def row_of(self, entry_id: int) -> int:
-        return self._ids.index(entry_id) if entry_id in self._ids else -1
+        try:
+            return self._ids.index(entry_id)
+        except ValueError:
+            return -1
 
     def preset_label(self, entry: Entry) -> str | None:
         return self._doc.preset_label(entry)

@@ -12,7 +12,7 @@ from PySide6.QtGui import QBrush, QFont, QFontMetrics, QLinearGradient, QPainter
 from PySide6.QtWidgets import QLabel, QSizePolicy, QToolTip, QVBoxLayout, QWidget
 
 from ..core import model as zit
-from ..core.analysis import incomparable_reason, strength_grid
+from ..core.analysis import strength_grid
 from .colors import cosine_color, strength_color, text_color_on
 from .tooltips import rich_tooltip
 
@@ -191,6 +191,11 @@ class ImpactPlot(QWidget):
         pending_areas = []
         painter.setFont(self.small_font)
         palette = self.palette()
+        # Asked once per render, not per cell: a thousand cells are painted in Python.
+        metrics = self._metrics()
+        self._cell_style = (palette.color(QPalette.ColorRole.Window),
+                            QBrush(palette.color(QPalette.ColorRole.Mid), Qt.BrushStyle.BDiagPattern),
+                            metrics.horizontalAdvance("-.99") + 2, metrics.height() * 0.9)
         if not self.sections:
             self._paint_message(painter)
             return pending_areas
@@ -253,18 +258,17 @@ class ImpactPlot(QWidget):
         return pending_areas
 
     def _paint_cell(self, painter: QPainter, section: Section, value, rect: QRectF, column: int, row: int) -> None:
-        palette = self.palette()
+        window, hatch, text_width, text_height = self._cell_style
         if value is None:  # the LoRA has no such module (or the two LoRAs share none in this block)
-            painter.fillRect(rect, palette.color(QPalette.ColorRole.Window))
-            painter.fillRect(rect, QBrush(palette.color(QPalette.ColorRole.Mid), Qt.BrushStyle.BDiagPattern))
+            painter.fillRect(rect, window)
+            painter.fillRect(rect, hatch)
             return
         if section.kind == "strength":
             colour = strength_color(value / self.strength_max if self.strength_max > 0 else 0.0)
         else:
             colour = cosine_color(value)
         painter.fillRect(rect, colour)
-        if section.kind == "cosine" and rect.width() >= self._metrics().horizontalAdvance("-.99") + 2 \
-                and rect.height() >= self._metrics().height() * 0.9:
+        if section.kind == "cosine" and rect.width() >= text_width and rect.height() >= text_height:
             painter.setPen(text_color_on(colour))
             text = f"{value:.2f}".replace("0.", ".")
             painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, text)
@@ -424,7 +428,9 @@ class ImpactView(QWidget):
             return entry is None or entry.state != "loading"
         if self.session.analysis_error(entry.id) is not None:
             return True
-        return entry.norms is not None and not any(state == "computing" for _, state, _ in self._overlap_rows(entry))
+        # A pair is "computing" only while a job for this entry runs (see _overlap_rows); asking the
+        # runner is cheap, where building the rows computes every pair's cosines.
+        return entry.norms is not None and self.session.analysis_progress() is None
 
     def _show_progress(self) -> None:
         progress = self.session.analysis_progress()
@@ -476,7 +482,7 @@ class ImpactView(QWidget):
             if cosines is not None:
                 rows.append((other, "done", cosines))
                 continue
-            reason = incomparable_reason(entry.lora, other.lora)  # from the headers: known at once
+            reason = self.session.incomparable(entry, other)  # from the headers: known at once
             if reason:
                 rows.append((other, "not comparable", reason))
             elif self.session.overlap_error(entry.id, other.id) or idle:

@@ -31,7 +31,7 @@ from .preset_panel import PresetPanel
 from .session import Session
 from .settings import Settings, demo_folder
 from .tasks import TaskRunner
-from .tooltips import WrappingTooltips
+from .tooltips import rich_tooltip
 from .weight_editor import WeightEditor
 from .compat import keep_singletons_alive
 
@@ -119,10 +119,10 @@ class MainWindow(QMainWindow):
         self.preset_dock.raise_()
         self.history_dock.hide()
         self.autosave = Autosave(self.session, paths.user_state_file(AUTOSAVE_FILE), self)
-        self._tooltips = WrappingTooltips(self)
 
         self.device_label = QLabel("starting the merge engine…")
-        self.device_label.setToolTip("torch, the engine's maths library, loads in the background after the window appears")
+        self.device_label.setToolTip(rich_tooltip(
+            "torch, the engine's maths library, loads in the background after the window appears"))
         self.statusBar().addPermanentWidget(self.device_label)
         self._build_menus()
 
@@ -147,7 +147,6 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)  # threads are stopped even without a closeEvent
-            app.installEventFilter(self._tooltips)
 
     def _dock(self, title: str, name: str, widget: QWidget, area) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -328,6 +327,9 @@ class MainWindow(QMainWindow):
         self.tasks.start("devices", jobs.probe_devices, on_result=self._on_devices,
                          on_failed=self._on_devices_failed)
         self.focus_panel(self.lora_panel)  # the first step is adding LoRAs, not the editor's tab bar
+        # The editor's ~1000 widgets are hidden behind its empty state: polish them while the user
+        # looks at the new window, not when the first LoRA arrives (a 100 ms pause then).
+        QTimer.singleShot(0, self.editor.content.ensurePolished)
         if self.interactive and not self._startup_paths and not self._startup_demo:
             QTimer.singleShot(0, self.offer_autosave)
         self._load_startup_files()
@@ -380,7 +382,7 @@ class MainWindow(QMainWindow):
     def _on_devices_failed(self, message: str) -> None:
         self.output.device_probe_failed(message)
         self.device_label.setText("torch not usable: merging is unavailable")
-        self.device_label.setToolTip(message)
+        self.device_label.setToolTip(rich_tooltip(message))
 
     # ---- files ------------------------------------------------------------------------------------
 

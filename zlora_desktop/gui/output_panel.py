@@ -16,6 +16,7 @@ from ..core import options
 from ..core.errors import ZLoraError
 from .desktop import reveal_in_folder
 from .entries import human_size
+from .tooltips import rich_tooltip, wrap_long_tooltips
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,11 @@ class OutputPanel(QWidget):
         self.format = _combo(options.FORMATS)
         self.format.setToolTip("Key layout of the output file; every loader reads its alpha as 1")
         for fmt, (_, caveat) in options.FORMAT_CAVEATS.items():  # on the item, and under the box once chosen
-            self.format.setItemData(self.format.findData(fmt), caveat, Qt.ItemDataRole.ToolTipRole)
+            self.format.setItemData(self.format.findData(fmt), rich_tooltip(caveat), Qt.ItemDataRole.ToolTipRole)
         self.format_note = _note(WARNING_STYLE)
         self.method = _combo(options.METHODS)
-        self.method.setToolTip("Exact keeps every term (ranks add up); SVD compresses the exact sum, "
-                               "computed from the factors, to a rank or to an energy fraction")
+        self.method.setToolTip(rich_tooltip("Exact keeps every term (ranks add up); SVD compresses the exact sum, "
+                               "computed from the factors, to a rank or to an energy fraction"))
         self.rank = QSpinBox()
         self.rank.setRange(1, 4096)
         self.rank.setToolTip("Rank of the SVD output")
@@ -121,7 +122,7 @@ class OutputPanel(QWidget):
         self.rank_row.setLayout(rank_row)
         self.rank_note = _note(WARNING_STYLE)
         self.dtype = _combo(options.DTYPES)
-        self.dtype.setToolTip("Precision of the output; auto follows the inputs (fp32 when they differ)")
+        self.dtype.setToolTip(rich_tooltip("Precision of the output; auto follows the inputs (fp32 when they differ)"))
         self.device = _combo(options.DEVICES)
         self.device.setToolTip("Where the arithmetic runs; auto picks CUDA, then MPS, then the CPU")
         self.device_note = QLabel("looking for GPUs…")
@@ -242,6 +243,7 @@ class OutputPanel(QWidget):
         controller.cancelled.connect(self._on_cancelled)
         controller.busyChanged.connect(self._update_state)
         self.show_settings()
+        wrap_long_tooltips(self)
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
@@ -301,7 +303,7 @@ class OutputPanel(QWidget):
 
     def device_probe_failed(self, message: str) -> None:
         self.device_note.setText("torch not usable")
-        self.device_note.setToolTip(message)
+        self.device_note.setToolTip(rich_tooltip(message))
 
     def _update_state(self, *args) -> None:
         busy = self.controller.busy

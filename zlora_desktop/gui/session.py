@@ -48,6 +48,7 @@ class Session(QObject):
         self._products: dict[tuple[int, int], analysis.Products] = {}
         self._progress: dict[Hashable, tuple[int, int]] = {}
         self._analysis_errors: dict[Hashable, str] = {}
+        self._incomparable: dict[tuple[int, int], str | None] = {}
         self.model.enabledToggleRequested.connect(self.set_enabled)
         self.document.subscribe(self._on_document)
         self.history.subscribe(self.historyChanged.emit)
@@ -247,6 +248,7 @@ class Session(QObject):
         self._products.clear()
         self._progress.clear()
         self._analysis_errors.clear()
+        self._incomparable.clear()
         self._current = 0
         self.currentChanged.emit(0)
 
@@ -269,7 +271,7 @@ class Session(QObject):
             job_key = ("overlap", key)
             if key in self._products or self.tasks.is_running(job_key) or job_key in self._analysis_errors:
                 continue
-            if analysis.incomparable_reason(entry.lora, other.lora):
+            if self.incomparable(entry, other):
                 continue  # known from the headers: the impact view says so without a job
             first, second = self._known[key[0]], self._known[key[1]]
             self._start_analysis(job_key, jobs.overlap_products, first.path, second.path,
@@ -325,6 +327,15 @@ class Session(QObject):
 
     def analysis_error(self, entry_id: int) -> str | None:
         return self._analysis_errors.get(("norms", entry_id))
+
+    def incomparable(self, entry: Entry, other: Entry) -> str | None:
+        """Why two read entries' ΔW cannot be compared (different model sizes), or None; from the
+        headers, computed once per pair of files (views ask on every repaint)."""
+        key = (id(entry.lora), id(other.lora)) if entry.id < other.id else (id(other.lora), id(entry.lora))
+        if key not in self._incomparable:
+            first, second = (entry, other) if entry.id < other.id else (other, entry)
+            self._incomparable[key] = analysis.incomparable_reason(first.lora, second.lora)
+        return self._incomparable[key]
 
     def overlap_error(self, entry_id: int, other_id: int) -> str | None:
         """Why the overlap of two entries could not be computed (None while computing or done)."""

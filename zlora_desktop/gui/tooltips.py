@@ -1,18 +1,13 @@
 """Tooltips that wrap: Qt shows a plain-text tooltip as one line, however long; rich text wraps.
 
-``rich_tooltip`` turns a plain text into wrapping rich text (models return it for ToolTipRole);
-``WrappingTooltips`` does the same for every widget's ``setToolTip`` text, app-wide.
+Every long tooltip (a widget's, or a model's ToolTipRole) goes through ``rich_tooltip``. An
+app-wide event filter would do it too, but a Python filter runs on every event of the app and
+starves the worker threads of the GIL.
 """
 
 from __future__ import annotations
 
 import html
-
-from PySide6.QtCore import QEvent, QObject
-from PySide6.QtGui import QHelpEvent
-from PySide6.QtWidgets import QToolTip, QWidget
-
-WRAP_AFTER = 70  # characters: longer plain tooltips are wrapped
 
 
 def is_rich(text: str) -> bool:
@@ -26,13 +21,11 @@ def rich_tooltip(text: str) -> str:
     return "<p style='white-space:pre-wrap'>" + html.escape(text) + "</p>"
 
 
-class WrappingTooltips(QObject):
-    """Application event filter: a long plain-text widget tooltip is shown as wrapping rich text."""
+def wrap_long_tooltips(root, longer_than: int = 60) -> None:
+    """Give ``root`` and its children's long plain tooltips the wrapping form (once, at construction)."""
+    from PySide6.QtWidgets import QWidget
 
-    def eventFilter(self, watched, event) -> bool:
-        if event.type() == QEvent.Type.ToolTip and isinstance(watched, QWidget) and isinstance(event, QHelpEvent):
-            text = watched.toolTip()
-            if text and not is_rich(text) and max(map(len, text.splitlines())) > WRAP_AFTER:
-                QToolTip.showText(event.globalPos(), rich_tooltip(text), watched)
-                return True
-        return False
+    for widget in [root] + root.findChildren(QWidget):
+        text = widget.toolTip()
+        if len(text) > longer_than and not is_rich(text):
+            widget.setToolTip(rich_tooltip(text))

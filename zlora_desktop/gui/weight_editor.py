@@ -216,6 +216,15 @@ class WeightGridModel(QAbstractTableModel):
 class HeatDelegate(QStyledItemDelegate):
     """Paints a cell as its heat colour with its value; selection is a frame, so colour stays visible."""
 
+    _metrics_cache: tuple[str, QFontMetrics] | None = None
+
+    def _metrics(self, font) -> QFontMetrics:
+        """The cells' font metrics, made once per font rather than for each of the 272 cells."""
+        key = font.key()
+        if self._metrics_cache is None or self._metrics_cache[0] != key:
+            self._metrics_cache = (key, QFontMetrics(font))
+        return self._metrics_cache[1]
+
     def paint(self, painter: QPainter, option, index) -> None:
         painter.save()
         rect = option.rect.adjusted(0, 0, -1, -1)
@@ -230,7 +239,7 @@ class HeatDelegate(QStyledItemDelegate):
         if value is not None:
             painter.setPen(text_color_on(background))
             painter.setFont(option.font)
-            text = fitted_value(value, QFontMetrics(option.font), option.rect.width() - CELL_MARGIN)
+            text = fitted_value(value, self._metrics(option.font), option.rect.width() - CELL_MARGIN)
             painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, text)
         if option.state & QStyle.StateFlag.State_Selected:
             highlight = option.palette.color(QPalette.ColorRole.Highlight)
