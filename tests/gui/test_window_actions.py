@@ -334,3 +334,22 @@ def test_long_tooltips_of_the_window_and_the_output_panel_wrap(window):
     for index in range(combo.count()):
         tip = combo.itemData(index, Qt.ItemDataRole.ToolTipRole) or ""
         assert len(tip) <= 60 or GuiQt.mightBeRichText(tip), tip
+
+
+def test_an_output_path_typed_without_enter_is_where_ctrl_m_writes(qtbot, window, samples, tmp_path):
+    add_and_wait(qtbot, window, [samples.style])
+    window.output.path.setFocus()
+    window.output.path.selectAll()
+    QTest.keyClicks(window.output.path, str(tmp_path / "typed"))
+    QTest.keyClick(window, Qt.Key.Key_M, Qt.KeyboardModifier.ControlModifier)
+    assert wait_merge(qtbot, window) == "ok"
+    assert (tmp_path / "typed.safetensors").exists()
+
+
+def test_a_confirmed_output_stays_confirmed_when_its_box_loses_the_focus(qtbot, window, tmp_path):
+    target = str(tmp_path / "chosen.safetensors")
+    window.session.set_output(output=target, output_confirmed=True)
+    window.output.path.setFocus()
+    window.editor.text.setFocus()  # editingFinished without a change
+    window.output.commit_pending()
+    assert window.session.output.output == target and window.session.output.output_confirmed

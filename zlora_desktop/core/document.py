@@ -568,7 +568,7 @@ class Document:
 
     def set_output(self, **changes) -> None:
         changed = False
-        if "output" in changes and "output_confirmed" not in changes:
+        if "output" in changes and "output_confirmed" not in changes and changes["output"] != self.output.output:
             changes["output_confirmed"] = False  # a new path was not confirmed in a dialog
         for key, value in changes.items():
             if getattr(self.output, key) != value:

@@ -280,11 +280,20 @@ class OutputPanel(QWidget):
         self.energy_label.setVisible(out.rank_auto)
         self._update_state()
 
-    def _on_path_edited(self) -> None:
+    def _typed_path(self) -> str:
         text = self.path.text().strip()
         if text and not text.lower().endswith(".safetensors"):
             text += ".safetensors"
-        self.session.set_output(output=os.path.abspath(os.path.expanduser(text)) if text else "")
+        return os.path.abspath(os.path.expanduser(text)) if text else ""
+
+    def _on_path_edited(self) -> None:
+        self.session.set_output(output=self._typed_path())
+
+    def commit_pending(self) -> str | None:
+        """A path typed but not confirmed (no Enter, focus still there) is the path the action uses."""
+        if self.path.text() != self.session.output.output:
+            self._on_path_edited()
+        return None
 
     def set_devices(self, available: list[str], auto: str) -> None:
         for index in range(self.device.count()):
