@@ -353,3 +353,14 @@ def test_a_confirmed_output_stays_confirmed_when_its_box_loses_the_focus(qtbot, 
     window.editor.text.setFocus()  # editingFinished without a change
     window.output.commit_pending()
     assert window.session.output.output == target and window.session.output.output_confirmed
+
+
+def test_f1_opens_the_weight_syntax(qtbot, window):
+    from PySide6.QtWidgets import QDialog, QTextBrowser
+
+    window.activateWindow()
+    QTest.keyClick(window, Qt.Key.Key_F1)
+    dialog = window.findChild(QDialog, "weight-syntax")
+    assert dialog is not None and dialog.isVisible()
+    assert "L16-L24.w1,w2,w3=1.3" in dialog.findChild(QTextBrowser, "weight-syntax-text").toPlainText()
+    dialog.close()
