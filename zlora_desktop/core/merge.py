@@ -22,7 +22,7 @@ from . import dtypes, model, options
 from .errors import CancelledError, ZLoraError, one_line
 from .lora_file import LoraFile, all_finite
 from .recipe import RECIPE_METADATA_KEY, SOURCES_METADATA_KEY, Recipe
-from .writer import build_state_dict, save_atomic
+from .writer import AtomicOutput, ModuleWriter, check_little_endian, plan_tensors
 
 ProgressCallback = Callable[[int, int, str], None]
 # What a caller already knows of a file's sha256: absolute path -> (size, mtime_ns, sha256) of the
@@ -163,6 +163,7 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
 
     started = time.perf_counter()
     recipe.validate()
+    check_little_endian()  # before reading: safetensors' own reader byte-swaps on such hosts
     is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
 
     def check_cancel() -> None:
@@ -184,22 +185,33 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     digests = [hashing.submit(input_digest, lora.path, known_digests, stop_hashing.is_set)
                for lora, _, _ in inputs]
     names = sorted({m for lora, _, _ in inputs for m in lora.modules}, key=model.module_order)
-    out_modules: dict[str, tuple] = {}
+    target = AtomicOutput(recipe.output, cancel=is_cancelled)
+    records = []
     try:
-        for index, name in enumerate(names):
-            check_cancel()
-            if progress:
-                progress(index, len(names), name)
-            terms, sources = [], []
-            for lora, ratio, weights in inputs:
-                factor = ratio * weights.factor(name)
-                if name in lora.modules and factor != 0.0:
-                    down, up, scale = lora.load_stored(name)  # as stored: converted once, below
-                    terms.append((down, up, factor * scale))
-                    sources.append(lora.path)
-            if not terms:
+        # Which inputs enter each module is known from the headers and weights, before any data.
+        contributions: dict[str, list] = {}
+        for name in names:
+            terms = [(lora, ratio * weights.factor(name)) for lora, ratio, weights in inputs
+                     if name in lora.modules and ratio * weights.factor(name) != 0.0]
+            if terms:
+                contributions[name] = terms
+            else:
                 report.dropped.append(name)
-                continue
+        if not contributions:
+            raise ZLoraError("every module has weight 0: nothing to write")
+        caveat = options.FORMAT_CAVEATS.get(recipe.format)
+        if caveat and any((model.split_module(m) or (None, None))[1] in caveat[0] for m in contributions):
+            report.warnings.append(f"format {recipe.format}: {caveat[1]}")
+        # The recipe's metadata with placeholder digests: a sha256 is 64 hex digits whatever its
+        # value, so the header planned now keeps its length when the real digests arrive.
+        placeholder = output_metadata(recipe, inputs, ["0" * 64] * len(inputs))
+
+        def compute(name: str):
+            terms, sources = [], []
+            for lora, factor in contributions[name]:
+                down, up, scale = lora.load_stored(name)  # as stored: converted once, below
+                terms.append((down, up, factor * scale))
+                sources.append(lora.path)
             if recipe.method == "svd":
                 down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
                 try:
@@ -215,32 +227,70 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
                 stats = ModuleStats(name, down.shape[0], down.shape[0])
             if not (all_finite(down) and all_finite(up)):  # finite inputs, yet scaled past the dtype's range
                 raise _overflow(name, terms, sources, dtype)
-            report.modules.append(stats)
-            out_modules[name] = (down, up)
-            del terms, down, up
+            return down, up, stats
+
+        def computed():
+            """(name, down, up, stats) module by module, polling cancel and reporting progress."""
+            for index, name in enumerate(names):
+                check_cancel()
+                if progress:
+                    progress(index, len(names), name)
+                if name in contributions:
+                    yield (name, *compute(name))
+
+        format_metadata: dict[str, str] = {}
+
+        def start_writing(shapes: dict[str, tuple[int, int, int]]) -> ModuleWriter:
+            specs, planned_metadata = plan_tensors(shapes, recipe.format, dtype)
+            format_metadata.update(planned_metadata)
+            stream = target.open(specs, {**format_metadata, **placeholder})
+            return ModuleWriter(stream, shapes, recipe.format, dtype)
+
+        if recipe.method == "exact":
+            # Every shape is known before computing: each module goes to disk as it is made.
+            writer = start_writing({name: (sum(_stored_rank(lora, name) for lora, _ in terms),
+                                           *terms[0][0].modules[name].shape)
+                                    for name, terms in contributions.items()})
+            for name, down, up, stats in computed():
+                report.modules.append(stats)
+                writer.put(name, down, up)
+                del down, up
+        else:
+            # SVD output ranks are known only once computed: the small output factors are kept
+            # (never the inputs), then written.
+            results = []
+            for name, down, up, stats in computed():
+                report.modules.append(stats)
+                results.append((name, down, up))
+            writer = start_writing({name: (down.shape[0], up.shape[0], down.shape[1]) for name, down, up in results})
+            for name, down, up in results:
+                writer.put(name, down, up)
+            del results
         check_cancel()
-        if not out_modules:
-            raise ZLoraError("every module has weight 0: nothing to write")
-        caveat = options.FORMAT_CAVEATS.get(recipe.format)
-        if caveat and any((model.split_module(m) or (None, None))[1] in caveat[0] for m in out_modules):
-            report.warnings.append(f"format {recipe.format}: {caveat[1]}")
         if progress:
             progress(len(names), len(names), "writing")
-        tensors, metadata = build_state_dict(out_modules, recipe.format, dtype)
-        del out_modules
         records = _await(digests, check_cancel)
-        metadata.update(output_metadata(recipe, inputs, [sha for _, _, sha in records]))
         check_cancel()
-        save_atomic(tensors, metadata, recipe.output, cancel=is_cancelled)
+        target.commit({**format_metadata, **output_metadata(recipe, inputs, [sha for _, _, sha in records])})
     finally:
         stop_hashing.set()
         hashing.shutdown(wait=True, cancel_futures=True)
+        target.discard()
         for lora, _, _ in inputs:
             lora.close()
     report.input_digests = {os.path.abspath(lora.path): record for (lora, _, _), record in zip(inputs, records)}
     report.output_bytes = os.path.getsize(recipe.output)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _stored_rank(lora: LoraFile, name: str) -> int:
+    """The rank module ``name`` of ``lora`` enters a merge with. A q/k/v taken out of a fused qkv
+    drops the zero columns of its block-diagonal up matrix, so its rank is read from the data."""
+    info = lora.modules[name]
+    if info.fused_part is None:
+        return info.rank
+    return int(lora.load_stored(name)[0].shape[0])
 
 
 def _overflow(module: str, terms, sources: list[str], dtype) -> ZLoraError:

@@ -1,59 +1,102 @@
-"""Write merged modules in one of the output formats, atomically.
+"""Write merged modules in one of the output formats: streamed, reproducible, durable and atomic.
 
-Every module reaches the writer as float32 factors (A [r, in], B [out, r]) whose product is
-the exact ΔW: the scale is already inside them, so every format writes alpha = rank.
+Every module reaches the writer as factors (A [r, in], B [out, r]) whose product is the exact ΔW:
+the scale is already inside them, so every format writes alpha = rank.
+
+The output is planned from the modules' shapes before any of them is computed (``plan_output``):
+names, dtypes, shapes and offsets, hence the file's size. ``StreamingOutput`` then writes each
+module's tensors at their planned offsets as the merge produces them, so the merge holds one
+module at a time, never the whole output. Tensors are laid out by element size, largest first,
+then by name (every offset is aligned to its element size); the header lists them by name and
+the metadata sorted: the same merge always gives the same bytes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sys
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Callable
 
 from . import dtypes, keys, model
 from .errors import CancelledError, ZLoraError
 
+# Free space asked beyond the planned size: file-system metadata, and room left for the system.
+FREE_SPACE_MARGIN = 64 * 1024 * 1024
+# A temporary file of ours older than this is a leftover of a crashed or killed write.
+STALE_TEMP_SECONDS = 10 * 60
+# Our temporary names: ".<target name>.<8 hex digits>.partial", beside the target.
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
+# Windows: a replace refused because another program (often ComfyUI) holds the target is retried.
+REPLACE_ATTEMPTS = 20
+REPLACE_DELAY_SECONDS = 0.25
 
-def build_state_dict(modules: dict, fmt: str, dtype) -> tuple[dict, dict[str, str]]:
-    """(tensors, extra metadata) for ``modules`` = {canonical name: (A, B)} in format ``fmt``."""
+
+# ---- the plan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    dtype: object  # torch dtype
+    shape: tuple[int, ...]
+    offset: int  # from the start of the data section
+    nbytes: int
+
+
+def module_stem(name: str, fmt: str) -> tuple[str, str, str, bool]:
+    """(key stem, down suffix, up suffix, writes .alpha) of module ``name`` in format ``fmt``;
+    in ``comfyui`` q, k and v share their block's fused stem."""
+    if fmt == "aitoolkit":
+        return f"diffusion_model.{name}", ".lora_A.weight", ".lora_B.weight", True
+    if fmt == "kohya":
+        return keys.kohya_name(name), ".lora_down.weight", ".lora_up.weight", True
+    if fmt == "comfyui":
+        split = model.split_module(name)
+        if split and split[1] in ("q", "k", "v"):
+            name = model.module_name(split[0], "q")
+        return keys.comfy_name(name), ".lora_down.weight", ".lora_up.weight", True
+    if fmt == "diffusers":
+        return f"transformer.{name}", ".lora_A.weight", ".lora_B.weight", False
+    raise ZLoraError(f"unknown output format {fmt!r}")
+
+
+def fused_group(name: str, fmt: str) -> str | None:
+    """The block whose fused qkv pair module ``name`` goes into, or None when it is written alone."""
+    if fmt != "comfyui":
+        return None
+    split = model.split_module(name)
+    return split[0] if split and split[1] in ("q", "k", "v") else None
+
+
+def plan_tensors(shapes: dict[str, tuple[int, int, int]], fmt: str, dtype) -> tuple[dict, dict[str, str]]:
+    """({tensor name: (dtype, shape)}, extra metadata) of the output for ``shapes`` =
+    {canonical module: (rank, out, in)} in format ``fmt``."""
     import torch
 
-    tensors: dict = {}
-    metadata: dict[str, str] = {}
-
-    def put(stem: str, down, up, a_suffix: str, b_suffix: str, alpha: bool = True) -> None:
-        tensors[stem + a_suffix] = down.to(dtype).contiguous()
-        tensors[stem + b_suffix] = up.to(dtype).contiguous()
+    tensors: dict[str, tuple] = {}
+    fused: dict[str, list[int]] = {}  # stem -> [total rank, rows of one part, in]
+    for name, (rank, rows, cols) in shapes.items():
+        stem, a_suffix, b_suffix, alpha = module_stem(name, fmt)
+        if fused_group(name, fmt) is not None:
+            entry = fused.setdefault(stem, [0, rows, cols])
+            entry[0] += rank
+            continue
+        tensors[stem + a_suffix] = (dtype, (rank, cols))
+        tensors[stem + b_suffix] = (dtype, (rows, rank))
         if alpha:
-            tensors[stem + ".alpha"] = torch.tensor(float(down.shape[0]), dtype=torch.float32)
-
-    if fmt == "aitoolkit":
-        for name, (down, up) in modules.items():
-            put(f"diffusion_model.{name}", down, up, ".lora_A.weight", ".lora_B.weight")
-    elif fmt == "kohya":
-        for name, (down, up) in modules.items():
-            put(keys.kohya_name(name), down, up, ".lora_down.weight", ".lora_up.weight")
-    elif fmt == "comfyui":
-        fused: dict[str, dict[str, tuple]] = {}
-        for name, (down, up) in modules.items():
-            split = model.split_module(name)
-            if split and split[1] in ("q", "k", "v"):
-                fused.setdefault(split[0], {})[split[1]] = (down, up)
-            else:
-                put(keys.comfy_name(name), down, up, ".lora_down.weight", ".lora_up.weight")
-        for block, parts in fused.items():
-            down, up = _fuse_qkv(parts)
-            put(keys.comfy_name(model.module_name(block, "q")), down, up, ".lora_down.weight", ".lora_up.weight")
-    elif fmt == "diffusers":
-        ranks = {}
-        for name, (down, up) in modules.items():
-            put(f"transformer.{name}", down, up, ".lora_A.weight", ".lora_B.weight", alpha=False)
-            ranks[name] = int(down.shape[0])
-        metadata["lora_adapter_metadata"] = json.dumps(peft_metadata(ranks))
-    else:
-        raise ZLoraError(f"unknown output format {fmt!r}")
+            tensors[stem + ".alpha"] = (torch.float32, ())
+    for stem, (rank, rows, cols) in fused.items():
+        tensors[stem + ".lora_down.weight"] = (dtype, (rank, cols))
+        tensors[stem + ".lora_up.weight"] = (dtype, (3 * rows, rank))
+        tensors[stem + ".alpha"] = (torch.float32, ())
+    metadata: dict[str, str] = {}
+    if fmt == "diffusers":
+        metadata["lora_adapter_metadata"] = json.dumps(peft_metadata({n: s[0] for n, s in shapes.items()}))
     return tensors, metadata
 
 
@@ -80,13 +123,156 @@ def _exact_pattern(name: str) -> str:
     return name
 
 
+def layout(specs: dict[str, tuple]) -> tuple[dict[str, TensorSlot], int]:
+    """Offsets for ``specs`` = {name: (dtype, shape)}: largest element size first, then by name,
+    so every tensor starts at a multiple of its element size. Returns (slots, data bytes)."""
+    import torch
+
+    def itemsize(dtype) -> int:
+        return torch.empty((), dtype=dtype).element_size()
+
+    order = sorted(specs, key=lambda name: (-itemsize(specs[name][0]), name))
+    slots: dict[str, TensorSlot] = {}
+    offset = 0
+    for name in order:
+        dtype, shape = specs[name]
+        size = itemsize(dtype)
+        for dim in shape:
+            size *= dim
+        slots[name] = TensorSlot(dtype, tuple(shape), offset, size)
+        offset += size
+    return slots, offset
+
+
+def encode_header(slots: dict[str, TensorSlot], metadata: dict[str, str]) -> bytes:
+    """The length prefix and JSON header, padded with spaces to 8 bytes as the format asks."""
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    for name in sorted(slots):
+        slot = slots[name]
+        header[name] = {"dtype": dtypes.safetensors_code(slot.dtype), "shape": list(slot.shape),
+                        "data_offsets": [slot.offset, slot.offset + slot.nbytes]}
+    encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded
+
+
+def check_little_endian() -> None:
+    # safetensors is little-endian; tensors are written from memory as they are.
+    if sys.byteorder != "little":
+        raise ZLoraError("this computer is big-endian; safetensors files can only be written on a "
+                         "little-endian one")
+
+
+# ---- streaming into one file ----------------------------------------------------------------
+
+
+class SafetensorsStream:
+    """A safetensors file of planned tensors, each written at its offset when it is ready.
+
+    The header is written last (``finish``): its metadata may then differ from the planned one
+    as long as it encodes to the same length (e.g. input digests known only at the end).
+    ``cancel`` is polled before each tensor. ``finish`` flushes and fsyncs the file.
+    """
+
+    def __init__(self, path: str, specs: dict[str, tuple], metadata: dict[str, str],
+                 cancel: Callable[[], bool] | None = None):
+        check_little_endian()
+        self.path = path
+        self.slots, self.data_bytes = layout(specs)
+        self.header_bytes = len(encode_header(self.slots, metadata))
+        self.cancel = cancel
+        self.written: set[str] = set()
+        self.handle = open(path, "wb")
+        try:
+            self.handle.truncate(self.header_bytes + self.data_bytes)
+        except OSError:
+            self.handle.close()
+            raise
+
+    @property
+    def size(self) -> int:
+        return self.header_bytes + self.data_bytes
+
+    def write(self, name: str, tensor) -> None:
+        import torch
+
+        if self.cancel is not None and self.cancel():
+            raise CancelledError()
+        slot = self.slots[name]
+        if tensor.dtype != slot.dtype or tuple(tensor.shape) != slot.shape:
+            # The plan comes from the inputs' headers: a mismatch is a bug of ours, never bad input.
+            raise RuntimeError(f"{name}: planned {slot.dtype} {list(slot.shape)}, "
+                               f"got {tensor.dtype} {list(tensor.shape)}")
+        tensor = tensor.detach().to("cpu").contiguous()
+        if slot.nbytes:
+            self.handle.seek(self.header_bytes + slot.offset)
+            # A buffer, not bytes: file.write releases the GIL for the system call (a GUI stays fluid).
+            self.handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        self.written.add(name)
+
+    def finish(self, metadata: dict[str, str]) -> None:
+        missing = sorted(set(self.slots) - self.written)
+        if missing:
+            raise RuntimeError(f"{len(missing)} planned tensors were never written, e.g. {missing[0]}")
+        header = encode_header(self.slots, metadata)
+        if len(header) != self.header_bytes:
+            raise RuntimeError("the final metadata changed the header's length")
+        self.handle.seek(0)
+        self.handle.write(header)
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+    def close(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
+
+
+class ModuleWriter:
+    """Turns merged modules into the planned tensors of format ``fmt``, in ``dtype``.
+
+    comfyui's fused qkv waits until its block's planned q, k and v have all arrived (one block's
+    factors at most), then is written as one pair.
+    """
+
+    def __init__(self, stream: SafetensorsStream, shapes: dict[str, tuple[int, int, int]], fmt: str, dtype):
+        self.stream, self.fmt, self.dtype = stream, fmt, dtype
+        self.pending: dict[str, dict[str, tuple]] = {}
+        self.expected: dict[str, set[str]] = {}
+        for name in shapes:
+            block = fused_group(name, fmt)
+            if block is not None:
+                self.expected.setdefault(block, set()).add(model.split_module(name)[1])
+
+    def put(self, name: str, down, up) -> None:
+        block = fused_group(name, self.fmt)
+        if block is None:
+            self._pair(module_stem(name, self.fmt), down, up)
+            return
+        parts = self.pending.setdefault(block, {})
+        parts[model.split_module(name)[1]] = (down, up)
+        if set(parts) == self.expected[block]:
+            del self.pending[block]
+            fused_down, fused_up = _fuse_qkv(parts)
+            self._pair(module_stem(name, self.fmt), fused_down, fused_up)
+
+    def _pair(self, stem_info, down, up) -> None:
+        import torch
+
+        stem, a_suffix, b_suffix, alpha = stem_info
+        self.stream.write(stem + a_suffix, down.to(self.dtype))
+        self.stream.write(stem + b_suffix, up.to(self.dtype))
+        if alpha:
+            self.stream.write(stem + ".alpha", torch.tensor(float(down.shape[0]), dtype=torch.float32))
+
+
 def _fuse_qkv(parts: dict[str, tuple]):
     """q/k/v factors -> one fused pair: down = cat(A_q, A_k, A_v), up block-diagonal."""
     import torch
 
     some_down, some_up = next(iter(parts.values()))
     rows, cols = some_up.shape[0], some_down.shape[1]
-    downs, ups = [], []
+    downs = []
     total = sum(parts[p][0].shape[0] for p in parts)
     offset = 0
     fused_up = torch.zeros((3 * rows, total), dtype=some_up.dtype, device=some_up.device)
@@ -99,30 +285,139 @@ def _fuse_qkv(parts: dict[str, tuple]):
         fused_up[index * rows:(index + 1) * rows, offset:offset + rank] = up
         offset += rank
     fused_down = torch.cat(downs, dim=0) if downs else torch.zeros((0, cols))
-    del ups
     return fused_down, fused_up
+
+
+# ---- durable, atomic output ------------------------------------------------------------------
+
+
+def temp_path_for(output: str) -> str:
+    folder = os.path.dirname(os.path.abspath(output))
+    return os.path.join(folder, f".{os.path.basename(output)}.{uuid.uuid4().hex[:8]}.partial")
+
+
+def remove_stale_temps(folder: str, now: float | None = None, max_age: float = STALE_TEMP_SECONDS) -> list[str]:
+    """Remove our temporary files in ``folder`` older than ``max_age`` (left by a killed write;
+    a younger one may belong to a merge still running). Returns the names removed."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _TEMP_NAME.match(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            pass  # gone already, or not ours to remove: never a reason to fail a merge
+    return removed
+
+
+def check_free_space(folder: str, needed: int, margin: int = FREE_SPACE_MARGIN) -> None:
+    """Refuse before any work when ``folder``'s disk cannot hold ``needed`` bytes plus a margin."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # unknown: the write itself will tell
+    if free < needed + margin:
+        raise ZLoraError(f"not enough free disk space: the output needs {_megabytes(needed)} "
+                         f"(+{_megabytes(margin)} margin), {_megabytes(free)} free", folder)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def replace_file(source: str, target: str, replace: Callable[[str, str], None] = os.replace,
+                 sleep: Callable[[float], None] = time.sleep, retry_in_use: bool | None = None,
+                 attempts: int = REPLACE_ATTEMPTS, delay: float = REPLACE_DELAY_SECONDS) -> None:
+    """``replace(source, target)``; on Windows (``retry_in_use``) a PermissionError means another
+    program holds ``target`` open: retried for a few seconds, then told naming the file."""
+    if retry_in_use is None:
+        retry_in_use = sys.platform == "win32"
+    for attempt in range(attempts if retry_in_use else 1):
+        try:
+            replace(source, target)
+            return
+        except PermissionError:
+            if not retry_in_use:
+                raise
+            if attempt + 1 < attempts:
+                sleep(delay)
+    raise ZLoraError("the file is in use by another program (ComfyUI?); close it there or choose "
+                     "another output name", target)
+
+
+class AtomicOutput:
+    """A temporary file beside ``output`` that becomes ``output`` only when complete and on disk.
+
+    ``open(specs, metadata)`` checks the folder, the byte order and free space, removes stale
+    temporary files of ours, and returns the stream to write; ``commit(metadata)`` fsyncs the
+    file, polls ``cancel`` once more, renames it over ``output`` and fsyncs the folder;
+    ``discard()`` (always call it, e.g. in ``finally``) removes whatever is left.
+    """
+
+    def __init__(self, output: str, cancel: Callable[[], bool] | None = None,
+                 replace: Callable[[str, str], None] = os.replace):
+        self.output = output
+        self.folder = os.path.dirname(os.path.abspath(output))
+        self.cancel = cancel
+        self.replace = replace
+        self.tmp: str | None = None
+        self.stream: SafetensorsStream | None = None
+
+    def open(self, specs: dict[str, tuple], metadata: dict[str, str]) -> SafetensorsStream:
+        if not os.path.isdir(self.folder):
+            raise ZLoraError("output folder does not exist", self.output)
+        check_little_endian()
+        remove_stale_temps(self.folder)
+        slots, data_bytes = layout(specs)
+        check_free_space(self.folder, len(encode_header(slots, metadata)) + data_bytes)
+        self.tmp = temp_path_for(self.output)
+        try:
+            self.stream = SafetensorsStream(self.tmp, specs, metadata, self.cancel)
+        except OSError as exc:
+            raise ZLoraError(f"cannot write output ({exc.strerror or exc})", self.output) from None
+        return self.stream
+
+    def commit(self, metadata: dict[str, str]) -> None:
+        try:
+            self.stream.finish(metadata)
+            if self.cancel is not None and self.cancel():
+                raise CancelledError()
+            replace_file(self.tmp, self.output, self.replace)
+            self.tmp = None
+            _sync_folder(self.folder)
+        except OSError as exc:
+            raise ZLoraError(f"cannot write output ({exc.strerror or exc})", self.output) from None
+
+    def discard(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        if self.tmp is not None and os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+        self.tmp = None
 
 
 def save_atomic(tensors: dict, metadata: dict[str, str], output: str,
                 cancel: Callable[[], bool] | None = None) -> None:
-    """Write a safetensors file to a temporary file beside ``output``, fsync it, then rename: never
-    a partial file. ``cancel`` is polled between tensors and right before the rename; a cancel or
-    a failure removes the temporary file and leaves ``output`` as it was."""
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise ZLoraError("output folder does not exist", output)
-    tmp = os.path.join(folder, f".{os.path.basename(output)}.{uuid.uuid4().hex[:8]}.partial")
+    """Write ``tensors`` as a safetensors file at ``output``, atomically (see ``AtomicOutput``).
+    ``cancel`` is polled between tensors and right before the rename."""
+    target = AtomicOutput(output, cancel)
     try:
-        write_safetensors(tensors, metadata, tmp, cancel)
-        if cancel is not None and cancel():
-            raise CancelledError()
-        os.replace(tmp, output)
-        _sync_folder(folder)
-    except OSError as exc:
-        raise ZLoraError(f"cannot write output ({exc.strerror or exc})", output) from None
+        stream = target.open({n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}, metadata)
+        try:
+            for name in sorted(tensors):
+                stream.write(name, tensors[name])
+        except OSError as exc:
+            raise ZLoraError(f"cannot write output ({exc.strerror or exc})", output) from None
+        target.commit(metadata)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        target.discard()
 
 
 def _sync_folder(folder: str) -> None:
@@ -143,35 +438,12 @@ def _sync_folder(folder: str) -> None:
 
 def write_safetensors(tensors: dict, metadata: dict[str, str], path: str,
                       cancel: Callable[[], bool] | None = None) -> None:
-    """The safetensors format, written tensor by tensor from each tensor's own memory, then fsynced.
-
-    Unlike ``safetensors.torch.save_file`` (which builds the file in one call holding the GIL),
-    each tensor's bytes go to ``file.write`` as a buffer, which releases the GIL during the
-    system call: a GUI thread stays responsive while a large output is written. Tensors are laid
-    out by name and the metadata sorted, so the same merge always gives the same bytes.
-    ``cancel`` is polled between tensors (CancelledError; the caller removes the file).
-    """
-    import torch
-
-    names = sorted(tensors)
-    header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
-    offset = 0
-    for name in names:
-        tensor = tensors[name]
-        size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": dtypes.safetensors_code(tensor.dtype),
-                        "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # the format pads the header to 8 bytes with spaces
-    with open(path, "wb") as handle:
-        handle.write(len(encoded).to_bytes(8, "little"))
-        handle.write(encoded)
-        for name in names:
-            if cancel is not None and cancel():
-                raise CancelledError()
-            tensor = tensors[name].detach().to("cpu").contiguous()
-            if tensor.numel():
-                handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
-        handle.flush()
-        os.fsync(handle.fileno())
+    """``tensors`` as a safetensors file at ``path`` (not atomic: see ``save_atomic``), fsynced.
+    ``cancel`` is polled between tensors (CancelledError; the caller removes the file)."""
+    stream = SafetensorsStream(path, {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}, metadata, cancel)
+    try:
+        for name in sorted(tensors):
+            stream.write(name, tensors[name])
+        stream.finish(metadata)
+    finally:
+        stream.close()
