@@ -121,7 +121,7 @@ def test_exit_codes_through_a_real_process(tmp_path):
 
 def _make_bad(tmp_path, kind: str):
     path = tmp_path / f"bad_{kind}.safetensors"
-    if kind in ("lokr", "loha", "dora", "sdxl", "flux", "text-encoder"):
+    if kind in ("lokr", "dora", "dora-aitoolkit", "sdxl", "flux", "text-encoder"):
         write_sample(path, SampleSpec(layout=kind))
     elif kind == "ckpt":
         path = tmp_path / "model.ckpt"
@@ -153,8 +153,8 @@ def _make_bad(tmp_path, kind: str):
     ("ckpt", r"pickle checkpoints \(\.ckpt/\.pt/\.bin\) are never loaded"),
     ("text", "not a safetensors file"),
     ("truncated", "not a safetensors file|truncated"),
-    ("lokr", "LoKr is not supported yet"),
-    ("loha", "LoHa is not supported yet"),
+    ("lokr", "full-rank LoKr is not supported yet"),
+    ("dora-aitoolkit", "DoRA is not supported yet: .* needs the base model"),
     ("dora", "DoRA .* not supported yet"),
     ("sdxl", "looks like an SD 1.x/SDXL LoRA"),
     ("flux", "looks like a Flux LoRA"),

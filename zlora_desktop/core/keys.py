@@ -29,20 +29,38 @@ _SUFFIXES = (
     (".dora_scale", "dora"),
     (".lora_magnitude_vector", "dora"),
     (".lora_magnitude_vector.default.weight", "dora"),
-    (".lokr_w1", "lokr"),
-    (".lokr_w2", "lokr"),
-    (".lokr_w1_a", "lokr"),
-    (".lokr_w1_b", "lokr"),
-    (".lokr_w2_a", "lokr"),
-    (".lokr_w2_b", "lokr"),
-    (".lokr_t2", "lokr"),
-    (".hada_w1_a", "loha"),
-    (".hada_w1_b", "loha"),
-    (".hada_w2_a", "loha"),
-    (".hada_w2_b", "loha"),
-    (".hada_t1", "loha"),
-    (".hada_t2", "loha"),
+    (".lora_magnitude_vector.weight", "dora"),
+    (".magnitude", "dora"),  # AI-Toolkit's DoRA
+    (".lokr_w1", "lokr_w1"),
+    (".lokr_w2", "lokr_w2"),
+    (".lokr_w1_a", "lokr_w1_a"),
+    (".lokr_w1_b", "lokr_w1_b"),
+    (".lokr_w2_a", "lokr_w2_a"),
+    (".lokr_w2_b", "lokr_w2_b"),
+    (".lokr_t1", "tucker"),
+    (".lokr_t2", "tucker"),
+    (".hada_w1_a", "hada_w1_a"),
+    (".hada_w1_b", "hada_w1_b"),
+    (".hada_w2_a", "hada_w2_a"),
+    (".hada_w2_b", "hada_w2_b"),
+    (".hada_t1", "tucker"),
+    (".hada_t2", "tucker"),
+    (".diff", "diff"),  # full ΔW (ComfyUI LoraSave, LyCORIS full)
+    (".diff_b", "delta_other"),  # bias ΔW
+    (".w_norm", "delta_other"),  # norm weight ΔW
+    (".b_norm", "delta_other"),  # norm bias ΔW
+    (".set_weight", "set_weight"),  # replaces W: not a delta
+    (".lora_A.bias", "lora_bias"),  # PEFT lora_bias=True: a bias ΔW
+    (".lora_B.bias", "lora_bias"),
+    (".lora_down.bias", "lora_bias"),
+    (".lora_up.bias", "lora_bias"),
 )
+# Parts whose presence means a kind of file the reader expands into factors.
+LOHA_PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+LOKR_PARTS = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b")
+# Suffixes of tensors that change a module's weights (for unknown keys that must not be dropped).
+WEIGHT_SUFFIXES = (".weight", ".bias", ".diff", ".diff_b", ".w_norm", ".b_norm", ".set_weight", ".alpha",
+                   ".dora_scale", ".magnitude")
 _SUFFIXES = tuple(sorted(_SUFFIXES, key=lambda s: -len(s[0])))
 
 # Prefix -> layout name used in reports (refined later by suffix style).
@@ -52,6 +70,7 @@ _PREFIXES = (
     ("diffusion_model.", "diffusion_model"),
     ("base_model.model.transformer.", "transformer"),
     ("transformer.", "transformer"),
+    ("lora_unet__", "lora_unet"),  # kohya with a double underscore (seen in InvokeAI's issues)
     ("lora_unet_", "lora_unet"),
     ("lycoris_", "lycoris"),
 )
@@ -100,7 +119,7 @@ FOREIGN_SIGNATURES = (
 @dataclass(frozen=True)
 class ParsedKey:
     module: str  # canonical module, or "<block prefix>.attention.qkv" for fused attention
-    part: str  # "A", "B", "alpha", "dora", "lokr", "loha"
+    part: str  # "A", "B", "alpha", "diff", a LoKr/LoHa tensor ("lokr_w1", "hada_w1_a"…) or a refused kind
     prefix: str  # "diffusion_model", "transformer", "lora_unet", "lycoris" or "" (bare)
     suffix: str  # the matched suffix, e.g. ".lora_down.weight"
 
@@ -112,12 +131,21 @@ def _module_path(path: str) -> str | None:
         if match:
             block = model.block_of_prefix(match.group(1), int(match.group(2)))
             comp = table.get(match.group(3))
-            if block is None or comp is None:
+            if block is None:
                 return None
+            if comp is None:
+                break  # perhaps an over-split name: see below
             if comp == FUSED_QKV:
                 return f"{model.block_prefix(block)}.{FUSED_QKV}"
             return model.module_name(block, comp)
-    return _OTHER_PATHS.get(path)
+    found = _OTHER_PATHS.get(path)
+    if found is None and "." in path:
+        # musubi's convert_lora.py (--target other) turns every "_" of a kohya name into ".":
+        # "noise.refiner.0.attention.to.q", "layers.0.adaLN.modulation.0". Read as the kohya name.
+        underscored = path.replace(".", "_")
+        if underscored != path:
+            return _module_path(underscored)
+    return found
 
 
 def parse_key(key: str) -> ParsedKey | None:
@@ -134,6 +162,26 @@ def parse_key(key: str) -> ParsedKey | None:
             if module is None:
                 return None
             return ParsedKey(module, part, prefix_name, suffix)
+    return None
+
+
+def module_of_unknown(key: str) -> str | None:
+    """The known module an unparsed key belongs to, if any (``<module>.<something>``)."""
+    body = key
+    for prefix, _ in _PREFIXES:
+        if body.startswith(prefix):
+            body = body[len(prefix):]
+            break
+    parts = body.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        module = _module_path(".".join(parts[:end]))
+        if module is not None:
+            return module
+    for sep in ("_lora", "_hada", "_lokr"):  # a kohya stem glued to an unknown tensor name
+        if sep in body:
+            module = _module_path(body.split(sep)[0])
+            if module is not None:
+                return module
     return None
 
 

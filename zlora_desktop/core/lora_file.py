@@ -33,6 +33,8 @@ class ModuleInfo:
     key_a: str
     key_b: str
     fused_part: int | None = None  # 0/1/2 for q/k/v taken out of a fused qkv pair
+    kind: str = "lora"  # "lora", "loha", "lokr" or "diff": how the factors are formed from the tensors
+    tensors: dict[str, str] = field(default_factory=dict)  # part -> key, for the expanded kinds
 
 
 @dataclass
@@ -66,6 +68,7 @@ class LoraFile:
         if not parsed:
             raise ZLoraError(_foreign_message(list(header.tensors)), path)
         _refuse_unsupported(parsed, path)
+        _refuse_unknown_weights(unknown, path)
 
         groups: dict[str, dict[str, list[str]]] = {}
         for name, key in parsed.items():
@@ -86,11 +89,12 @@ class LoraFile:
             info = _module_info(header, fused_module, groups[fused_module], peft_alpha, notes)
             if info.shape[0] % 3:
                 raise ZLoraError(f"fused qkv {fused_module} has {info.shape[0]} rows, not a multiple of 3", path)
-            part_rank = info.rank // 3 if info.rank % 3 == 0 else info.rank
+            part_rank = info.rank // 3 if info.rank % 3 == 0 and info.kind == "lora" else info.rank
             for index, name in enumerate(split_names):
                 part_alpha = None if info.alpha is None else info.scale * part_rank
                 modules[name] = ModuleInfo(name, part_rank, part_alpha, info.scale,
-                                           (info.shape[0] // 3, info.shape[1]), info.key_a, info.key_b, index)
+                                           (info.shape[0] // 3, info.shape[1]), info.key_a, info.key_b, index,
+                                           info.kind, info.tensors)
         modules = dict(sorted(modules.items(), key=lambda item: model.module_order(item[0])))
 
         notes = _collapse(notes)
@@ -124,8 +128,14 @@ class LoraFile:
         """
         info = self.modules[module]
         handle = self._handle()
-        down = self._read(handle, info.key_a)
-        up = self._read(handle, info.key_b)
+        if info.kind == "lora":
+            down = self._read(handle, info.key_a)
+            up = self._read(handle, info.key_b)
+        else:
+            stored = {part: self._read(handle, key) for part, key in info.tensors.items()}
+            if not all(all_finite(t) for t in stored.values()):
+                raise ZLoraError(f"module {module} holds NaN or Inf values", self.path)
+            down, up = _EXPAND[info.kind](stored)
         if info.fused_part is not None:
             rows = info.shape[0]
             up = up[info.fused_part * rows:(info.fused_part + 1) * rows]
@@ -263,6 +273,12 @@ class _PeftAlpha:
 
 def _module_info(header: Header, module: str, parts: dict[str, list[str]], peft_alpha: _PeftAlpha,
                  notes: list[str]) -> ModuleInfo:
+    if any(p in parts for p in keys.LOHA_PARTS):
+        return _loha_info(header, module, parts, notes)
+    if any(p in parts for p in keys.LOKR_PARTS):
+        return _lokr_info(header, module, parts, notes)
+    if "diff" in parts:
+        return _diff_info(header, module, parts, notes)
     path = header.path
     if "A" not in parts or "B" not in parts:
         have = "up (B)" if "B" in parts else "down (A)" if "A" in parts else "only alpha"
@@ -313,13 +329,197 @@ def _collapse(notes: list[str]) -> list[str]:
 
 
 def _refuse_unsupported(parsed: dict[str, keys.ParsedKey], path: str) -> None:
-    kinds = {key.part for key in parsed.values()}
-    if "lokr" in kinds:
-        raise ZLoraError("is a LoKr file (lokr_w1/lokr_w2): LoKr is not supported yet", path)
-    if "loha" in kinds:
-        raise ZLoraError("is a LoHa file (hada_w1/hada_w2): LoHa is not supported yet", path)
-    if "dora" in kinds:
-        raise ZLoraError("is a DoRA file (dora_scale/magnitude): DoRA is not supported yet", path)
+    """Kinds of tensors a plain-LoRA output cannot carry: refused by module, never dropped."""
+    first: dict[str, str] = {}
+    for name, key in parsed.items():
+        first.setdefault(key.part, name)
+    if "dora" in first:
+        raise ZLoraError(f"is a DoRA file (dora_scale/lora_magnitude_vector/magnitude, e.g. {first['dora']!r}): "
+                         "DoRA is not supported yet: its delta depends on the base model's weights, so merging "
+                         "it needs the base model", path)
+    if "tucker" in first:
+        raise ZLoraError(f"uses LyCORIS Tucker factors ({first['tucker']!r}), written for convolutions; "
+                         "Z-Image has none: Tucker LoHa/LoKr is not supported", path)
+    if "set_weight" in first:
+        module = parsed[first["set_weight"]].module
+        raise ZLoraError(f"module {module} has set_weight ({first['set_weight']!r}), which replaces the weight "
+                         "instead of adding a delta: it cannot be merged as a LoRA", path)
+    for part, what in (("delta_other", "a bias or norm delta"), ("lora_bias", "a LoRA bias (PEFT lora_bias=True)")):
+        if part in first:
+            module = parsed[first[part]].module
+            raise ZLoraError(f"module {module} has {what} ({first[part]!r}) that plain-LoRA outputs cannot carry: "
+                             "refused rather than dropped", path)
+
+
+_DELTA_SUFFIXES = (".diff", ".diff_b", ".w_norm", ".b_norm", ".set_weight")
+
+
+def _refuse_unknown_weights(unknown: list[str], path: str) -> None:
+    """A key that changes a model weight is read or refused, never left out quietly."""
+    for name in unknown:
+        if name.endswith(_DELTA_SUFFIXES):
+            raise ZLoraError(f"{name!r} is a weight, bias or norm delta of a module the engine does not merge "
+                             "(plain-LoRA outputs cannot carry it): refused rather than dropped", path)
+        module = keys.module_of_unknown(name)
+        if module is not None:
+            raise ZLoraError(f"{name!r} belongs to module {module} but is not a tensor kind the engine knows: "
+                             "refused rather than left out", path)
+
+
+def _tensor(header: Header, module: str, parts: dict[str, list[str]], part: str, notes: list[str],
+            ndim: int = 2) -> tuple[str, tuple[int, ...]]:
+    key = _pick(parts[part], module, notes)
+    info = header.tensors[key]
+    if info.dtype not in dtypes.FACTOR_CODES:
+        raise ZLoraError(f"module {module}: {key} is {info.dtype}; LoRA tensors are floating point "
+                         f"({', '.join(dtypes.FACTOR_CODES)})", header.path)
+    if len(info.shape) != ndim or 0 in info.shape:
+        raise ZLoraError(f"module {module}: {key} must be a non-empty {ndim}-D tensor, got {list(info.shape)}",
+                         header.path)
+    return key, tuple(info.shape)
+
+
+def _mixed(module: str, parts: dict[str, list[str]], own: tuple[str, ...], path: str) -> None:
+    others = sorted(p for p in parts if p not in own and p != "alpha")
+    if others:
+        raise ZLoraError(f"module {module} mixes kinds of tensors ({', '.join(sorted(parts))}): "
+                         "not one LoRA/LoHa/LoKr/diff module", path)
+
+
+def _alpha(header: Header, module: str, parts: dict[str, list[str]], notes: list[str]) -> float | None:
+    if "alpha" not in parts:
+        return None
+    return read_scalar(header, _pick(parts["alpha"], module, notes))
+
+
+def _loha_info(header: Header, module: str, parts: dict[str, list[str]], notes: list[str]) -> ModuleInfo:
+    """LoHa: ΔW = alpha/r1 · (w1a @ w1b) ⊙ (w2a @ w2b), as exact factors of rank r1·r2."""
+    path = header.path
+    _mixed(module, parts, keys.LOHA_PARTS, path)
+    missing = [p for p in keys.LOHA_PARTS if p not in parts]
+    if missing:
+        raise ZLoraError(f"module {module} is an incomplete LoHa: it lacks {', '.join(missing)}", path)
+    found = {p: _tensor(header, module, parts, p, notes) for p in keys.LOHA_PARTS}
+    (out1, r1), (r1b, in1) = found["hada_w1_a"][1], found["hada_w1_b"][1]
+    (out2, r2), (r2b, in2) = found["hada_w2_a"][1], found["hada_w2_b"][1]
+    if r1 != r1b or r2 != r2b or out1 != out2 or in1 != in2:
+        raise ZLoraError(f"module {module}: LoHa factors disagree on their shapes "
+                         f"({', '.join(f'{p} {list(v[1])}' for p, v in found.items())})", path)
+    alpha = _alpha(header, module, parts, notes)
+    if alpha is not None and not math.isfinite(alpha):
+        raise ZLoraError(f"module {module} has a non-finite alpha", path)
+    scale = 1.0 if alpha is None else alpha / r1  # ComfyUI and LyCORIS: alpha / hada_w1_b.shape[0]
+    rank = min(r1 * r2, out1, in1)
+    tensors = {p: v[0] for p, v in found.items()}
+    return ModuleInfo(module, rank, alpha, scale, (out1, in1), tensors["hada_w1_b"], tensors["hada_w1_a"],
+                      kind="loha", tensors=tensors)
+
+
+def _lokr_info(header: Header, module: str, parts: dict[str, list[str]], notes: list[str]) -> ModuleInfo:
+    """LoKr: ΔW = scale · kron(w1, w2); exact low-rank factors where a factor is decomposed."""
+    path = header.path
+    _mixed(module, parts, keys.LOKR_PARTS, path)
+    tensors: dict[str, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    inner: dict[str, int | None] = {}
+    for w in ("w1", "w2"):
+        if f"lokr_{w}" in parts:
+            if f"lokr_{w}_a" in parts or f"lokr_{w}_b" in parts:
+                raise ZLoraError(f"module {module} has lokr_{w} both full and decomposed", path)
+            tensors[w], shapes[w] = _tensor(header, module, parts, f"lokr_{w}", notes)
+            inner[w] = None
+        elif f"lokr_{w}_a" in parts and f"lokr_{w}_b" in parts:
+            key_a, (rows, r) = _tensor(header, module, parts, f"lokr_{w}_a", notes)
+            key_b, (r_b, cols) = _tensor(header, module, parts, f"lokr_{w}_b", notes)
+            if r != r_b:
+                raise ZLoraError(f"module {module}: lokr_{w}_a {[rows, r]} and lokr_{w}_b {[r_b, cols]} "
+                                 "disagree on the rank", path)
+            tensors[w + "_a"], tensors[w + "_b"] = key_a, key_b
+            shapes[w], inner[w] = (rows, cols), r
+        else:
+            raise ZLoraError(f"module {module} is an incomplete LoKr: it lacks lokr_{w} (or lokr_{w}_a and _b)",
+                             path)
+    (a, b), (c, d) = shapes["w1"], shapes["w2"]
+    alpha = _alpha(header, module, parts, notes)
+    dim = inner["w2"] if inner["w2"] is not None else inner["w1"]
+    if dim is None:
+        # Both factors full: ΔW is full-rank; its exact factors would outweigh the dense matrix.
+        raise ZLoraError(f"module {module} is a full-rank LoKr (lokr_w1 and lokr_w2 both full): full-rank LoKr "
+                         "is not supported yet (its SVD path, from the factors' own SVDs, is not implemented)",
+                         path)
+    if alpha is not None and not math.isfinite(alpha):
+        raise ZLoraError(f"module {module} has a non-finite alpha", path)
+    scale = 1.0 if alpha is None else alpha / dim  # w2's rank wins (ComfyUI, diffusers, LyCORIS)
+    s = inner["w1"] if inner["w1"] is not None else min(a, b)
+    t = inner["w2"] if inner["w2"] is not None else min(c, d)
+    shape = (a * c, b * d)
+    rank = min(s * t, *shape)
+    key_b = tensors.get("w2", tensors.get("w2_a"))
+    return ModuleInfo(module, rank, alpha, scale, shape, key_b, key_b, kind="lokr", tensors=tensors)
+
+
+def _diff_info(header: Header, module: str, parts: dict[str, list[str]], notes: list[str]) -> ModuleInfo:
+    """A full ΔW (``<m>.diff``, ComfyUI LoraSave / LyCORIS full): exact factors on its thinner side."""
+    _mixed(module, parts, ("diff",), header.path)
+    if "alpha" in parts:
+        raise ZLoraError(f"module {module} has a full diff and an alpha: not a layout the loaders define",
+                         header.path)
+    key, shape = _tensor(header, module, parts, "diff", notes)
+    return ModuleInfo(module, min(shape), None, 1.0, (shape[0], shape[1]), key, key, kind="diff",
+                      tensors={"diff": key})
+
+
+def _as_factors(delta):
+    """A dense ΔW [out, in] as exact factors (down, up) on its thinner side, float32."""
+    import torch
+
+    out_dim, in_dim = delta.shape
+    if out_dim <= in_dim:
+        return delta.to(torch.float32), torch.eye(out_dim, dtype=torch.float32)
+    return torch.eye(in_dim, dtype=torch.float32), delta.to(torch.float32)
+
+
+def _expand_loha(t):
+    import torch
+
+    b1, a1 = t["hada_w1_a"].double(), t["hada_w1_b"].double()
+    b2, a2 = t["hada_w2_a"].double(), t["hada_w2_b"].double()
+    out_dim, in_dim = b1.shape[0], a1.shape[1]
+    r1, r2 = a1.shape[0], a2.shape[0]
+    if r1 * r2 >= min(out_dim, in_dim):  # the dense matrix is the smaller exact form
+        return _as_factors((b1 @ a1) * (b2 @ a2))
+    # (B1 A1) ⊙ (B2 A2) = (B1 ⊙row B2)(A1 ⊙col A2): face-splitting products, rank r1·r2.
+    up = (b1[:, :, None] * b2[:, None, :]).reshape(out_dim, r1 * r2)
+    down = (a1[:, None, :] * a2[None, :, :]).reshape(r1 * r2, in_dim)
+    return down.to(torch.float32), up.to(torch.float32)
+
+
+def _expand_lokr(t):
+    import torch
+
+    def sides(w: str):
+        if w in t:
+            full = t[w].double()
+            rows, cols = full.shape
+            if rows <= cols:
+                return torch.eye(rows, dtype=torch.float64), full
+            return full, torch.eye(cols, dtype=torch.float64)
+        return t[w + "_a"].double(), t[w + "_b"].double()
+
+    p, q = sides("w1")
+    r, s = sides("w2")
+    # kron(P Q, R S) = kron(P, R) · kron(Q, S): exact, rank = inner(w1) · inner(w2).
+    up, down = torch.kron(p, r), torch.kron(q, s)
+    if up.shape[1] >= min(up.shape[0], down.shape[1]):
+        return _as_factors(up @ down)
+    return down.to(torch.float32), up.to(torch.float32)
+
+
+def _expand_diff(t):
+    return _as_factors(t["diff"].double())
+
+
+_EXPAND = {"loha": _expand_loha, "lokr": _expand_lokr, "diff": _expand_diff}
 
 
 def _foreign_message(names: list[str]) -> str:
@@ -343,10 +543,23 @@ def _layout_name(parsed: dict[str, keys.ParsedKey], fused: list[str], metadata: 
             return f"ZLoRA Desktop ({written_as})"
     except (KeyError, TypeError, ValueError):
         pass
+    kinds = []
+    for what, parts in (("LoHa", keys.LOHA_PARTS), ("LoKr", keys.LOKR_PARTS), ("full diff", ("diff",))):
+        prefixes = Counter(k.prefix for k in parsed.values() if k.part in parts)
+        if prefixes:
+            kinds.append(f"{what} ({_PREFIX_NAMES.get(prefixes.most_common(1)[0][0], 'bare names')})")
     factor_keys = [k for k in parsed.values() if k.part in ("A", "B")]
+    if not factor_keys:
+        return " + ".join(kinds)
+    if kinds:
+        return " + ".join(["LoRA"] + kinds)
     prefix, suffix = Counter((k.prefix, k.suffix) for k in factor_keys if k.part == "A").most_common(1)[0][0]
     has_alpha = any(k.part == "alpha" for k in parsed.values())
     return keys.describe_layout(prefix, suffix, bool(fused), has_alpha)
+
+
+_PREFIX_NAMES = {"lycoris": "LyCORIS", "lora_unet": "kohya names", "diffusion_model": "diffusion_model names",
+                 "transformer": "transformer names"}
 
 
 def _dtype_of(header: Header, modules: dict[str, ModuleInfo]) -> str:

@@ -25,8 +25,19 @@ LAYOUTS = {
     "onetrainer-diffusion": ("diffusion_model.", ".lora_A.weight", ".lora_B.weight", "tensor", "dotted"),
     "onetrainer-transformer": ("transformer.", ".lora_down.weight", ".lora_up.weight", "tensor", "dotted"),
 }
+# LyCORIS and full-diff layouts the engine expands into exact factors:
+# layout -> (key prefix, name style, kind, LoKr factors decomposed: "w2" | "both" | None)
+EXPANDED = {
+    "loha": ("lycoris_", "underscore", "loha", None),
+    "loha-kohya": ("lora_unet_", "underscore", "loha", None),
+    "lokr-aitoolkit": ("diffusion_model.", "dotted", "lokr", "w2"),
+    "lokr-lycoris": ("lycoris_", "underscore", "lokr", "w2"),
+    "lokr-decomposed": ("lycoris_", "underscore", "lokr", "both"),
+    "full-diff": ("diffusion_model.", "comfy", "diff", None),
+}
 # Kinds the engine refuses, written for tests and demos of the error messages.
-REFUSED = ("lokr", "loha", "dora", "sdxl", "flux", "text-encoder")
+# "lokr" is AI-Toolkit's default LoKr: both factors full (full rank), alpha 9999999999.
+REFUSED = ("lokr", "dora", "dora-aitoolkit", "dora-peft", "sdxl", "flux", "text-encoder")
 
 
 @dataclass
@@ -93,6 +104,8 @@ def write_sample(path: str | os.PathLike, spec: SampleSpec) -> dict[str, tuple]:
 
     if spec.layout in REFUSED:
         return _write_refused(path, spec)
+    if spec.layout in EXPANDED:
+        return _write_expanded(path, spec)
     prefix, down_suffix, up_suffix, alpha_mode, style = LAYOUTS[spec.layout]
     dtype = dtypes.torch_dtype(dtypes.CHOICES[spec.dtype])
     alpha = spec.alpha if spec.alpha is not None else (spec.rank / 2 if alpha_mode else None)
@@ -148,6 +161,79 @@ def write_sample(path: str | os.PathLike, spec: SampleSpec) -> dict[str, tuple]:
     return truth
 
 
+def _split(n: int) -> int:
+    """The largest divisor of n not above its square root (a LoKr factor size)."""
+    return max(f for f in range(1, int(n ** 0.5) + 1) if n % f == 0)
+
+
+def _write_expanded(path, spec: SampleSpec) -> dict[str, tuple]:
+    """LoHa / LoKr / full-diff sample; truth is ΔW itself: (I, ΔW float64, scale) per module.
+
+    ΔW is computed here by each loader's definition from the tensors as stored:
+    LoHa (w1a@w1b)⊙(w2a@w2b) · alpha/r1; LoKr kron(w1, w2) · alpha/rank(w2) (alpha ignored when no
+    factor is decomposed); diff as it is.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    prefix, style, kind, decomposed = EXPANDED[spec.layout]
+    dtype = dtypes.torch_dtype(dtypes.CHOICES[spec.dtype])
+    generator = torch.Generator().manual_seed(spec.seed)
+    r = spec.rank
+    alpha = spec.alpha if spec.alpha is not None else r / 2
+    tensors: dict = {}
+    truth: dict[str, tuple] = {}
+
+    def rand(*shape, std=1.0):
+        return (torch.randn(*shape, generator=generator) * std).to(dtype)
+
+    fused: dict[str, dict[str, object]] = {}
+    for name in _modules(spec):
+        out_dim, in_dim = model.expected_shape(name, spec.hidden, spec.ffn, spec.adaln_in) or _other_shape(name, spec)
+        stem = prefix + (name if style in ("dotted", "comfy") else name.replace(".", "_"))
+        if kind == "loha":
+            parts = {"hada_w1_a": rand(out_dim, r, std=0.3), "hada_w1_b": rand(r, in_dim, std=in_dim ** -0.5),
+                     "hada_w2_a": rand(out_dim, r, std=0.3), "hada_w2_b": rand(r, in_dim, std=in_dim ** -0.5)}
+            d = {k: v.double() for k, v in parts.items()}
+            delta = (d["hada_w1_a"] @ d["hada_w1_b"]) * (d["hada_w2_a"] @ d["hada_w2_b"])
+            scale = alpha / r
+        elif kind == "lokr":
+            a, b = _split(out_dim), _split(in_dim)
+            c, e = out_dim // a, in_dim // b
+            parts = {}
+            if decomposed == "both":
+                parts["lokr_w1_a"], parts["lokr_w1_b"] = rand(a, 2), rand(2, b)
+            else:
+                parts["lokr_w1"] = rand(a, b)
+            parts["lokr_w2_a"], parts["lokr_w2_b"] = rand(c, r, std=0.05), rand(r, e, std=e ** -0.5)
+            d = {k: v.double() for k, v in parts.items()}
+            w1 = d["lokr_w1"] if "lokr_w1" in d else d["lokr_w1_a"] @ d["lokr_w1_b"]
+            delta = torch.kron(w1, d["lokr_w2_a"] @ d["lokr_w2_b"])
+            scale = alpha / r
+        else:  # full diff, written with ComfyUI's names (fused qkv, attention.out) as its LoraSave does
+            delta_stored = rand(out_dim, in_dim, std=0.01)
+            delta, scale = delta_stored.double(), 1.0
+            split = model.split_module(name)
+            if split and split[1] in ("q", "k", "v"):
+                fused.setdefault(model.block_prefix(split[0]), {})[split[1]] = delta_stored
+                truth[name] = (torch.eye(in_dim, dtype=torch.float64), delta, scale)
+                continue
+            if split and split[1] == "out":
+                stem = prefix + f"{model.block_prefix(split[0])}.attention.out"
+            parts = {"diff": delta_stored}
+        for part, tensor in parts.items():
+            tensors[f"{stem}.{part}"] = tensor.contiguous()
+        if kind != "diff":
+            tensors[f"{stem}.alpha"] = torch.tensor(alpha, dtype=dtype)
+        truth[name] = (torch.eye(in_dim, dtype=torch.float64), delta, scale)
+    for block_prefix, qkv in fused.items():
+        zeros = torch.zeros_like(next(iter(qkv.values())))
+        tensors[f"{prefix}{block_prefix}.attention.qkv.diff"] = torch.cat([qkv.get(p, zeros) for p in "qkv"], 0)
+    metadata = {"software": json.dumps({"name": "zlora sample", "version": "1"})}
+    save_file(tensors, os.fspath(path), metadata=metadata)
+    return truth
+
+
 def _write_refused(path, spec: SampleSpec) -> dict:
     import torch
     from safetensors.torch import save_file
@@ -158,10 +244,12 @@ def _write_refused(path, spec: SampleSpec) -> dict:
         "lokr": {"diffusion_model.layers.0.attention.to_q.lokr_w1": t(4, 4),
                  "diffusion_model.layers.0.attention.to_q.lokr_w2": t(d // 4, d // 4),
                  "diffusion_model.layers.0.attention.to_q.alpha": torch.tensor(1e10)},
-        "loha": {"lycoris_layers_0_attention_to_q.hada_w1_a": t(d, r),
-                 "lycoris_layers_0_attention_to_q.hada_w1_b": t(r, d),
-                 "lycoris_layers_0_attention_to_q.hada_w2_a": t(d, r),
-                 "lycoris_layers_0_attention_to_q.hada_w2_b": t(r, d)},
+        "dora-aitoolkit": {"diffusion_model.layers.0.attention.to_q.lora_A.weight": t(r, d),
+                           "diffusion_model.layers.0.attention.to_q.lora_B.weight": t(d, r),
+                           "diffusion_model.layers.0.attention.to_q.magnitude": t(d)},
+        "dora-peft": {"transformer.layers.0.attention.to_q.lora_A.weight": t(r, d),
+                      "transformer.layers.0.attention.to_q.lora_B.weight": t(d, r),
+                      "transformer.layers.0.attention.to_q.lora_magnitude_vector": t(d)},
         "dora": {"lora_unet_layers_0_attention_to_q.lora_down.weight": t(r, d),
                  "lora_unet_layers_0_attention_to_q.lora_up.weight": t(d, r),
                  "lora_unet_layers_0_attention_to_q.dora_scale": t(1, d)},
