@@ -30,7 +30,7 @@ def _stem_tensors(path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def _loader_delta(t: dict[str, torch.Tensor]) -> torch.Tensor:
-    """ΔW by the loaders' rule (ARCHITECTURE.md section 5 / docs/FORMATS.md), strength 1."""
+    """ΔW by the loaders' rule (docs/FORMATS.md), strength 1."""
     alpha = float(t["alpha"]) if "alpha" in t else None
     if "hada_w1_a" in t:
         delta = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
