@@ -77,6 +77,7 @@ def _canonical(lora_name: str) -> str:
     ("lokr", {"decompose_both": True}),
     ("lokr", {"factor": 4}),
     ("full", {}),
+    ("lokr", {"full_matrix": True}),  # both factors full, tiny: expanded exactly, alpha ignored
 ])
 def test_lycoris_files_read_as_lycoris_applies_them(tmp_path, algo, kwargs):
     path, modules = _write(tmp_path, algo, **kwargs)
@@ -103,10 +104,7 @@ def test_lycoris_full_with_a_bias_delta_is_refused_by_module(tmp_path):
         LoraFile.open(path)
 
 
-def test_lycoris_full_matrix_lokr_and_dora_are_refused(tmp_path):
-    path, _ = _write(tmp_path, "lokr", full_matrix=True)
-    with pytest.raises(ZLoraError, match="full-rank LoKr is not supported yet"):
-        LoraFile.open(path)
+def test_lycoris_dora_is_refused(tmp_path):
     path, _ = _write(tmp_path, "loha", dora_wd=True)
     with pytest.raises(ZLoraError, match="DoRA is not supported yet"):
         LoraFile.open(path)

@@ -106,11 +106,42 @@ def test_lokr_with_decomposed_w2_is_exact_at_rank_w1_side_times_r(tmp_path):
     assert lora.layout == "LoKr (diffusion_model names)"
 
 
-def test_lokr_alpha_is_ignored_when_no_factor_is_decomposed_and_full_lokr_is_refused(tmp_path):
+def test_full_size_full_rank_lokr_is_refused(tmp_path):
     path = tmp_path / "full_lokr.safetensors"
-    write_sample(path, SampleSpec(layout="lokr"))
-    with pytest.raises(ZLoraError, match="full-rank LoKr is not supported yet"):
+    write_sample(path, SampleSpec(layout="lokr"))  # AI-Toolkit's default at ZIT size
+    with pytest.raises(ZLoraError, match="full-rank LoKr is not supported yet at this size"):
         LoraFile.open(path)
+
+
+def _full_lokr(path, alpha, metadata=None, dtype=torch.float16):
+    g = torch.Generator().manual_seed(4)
+    stem = "diffusion_model.layers.0.attention.to_q"
+    t = {f"{stem}.lokr_w1": torch.randn(8, 8, generator=g).to(dtype),
+         f"{stem}.lokr_w2": torch.randn(8, 8, generator=g).to(dtype),
+         f"{stem}.alpha": torch.tensor(alpha).to(dtype)}
+    save_file(t, str(path), metadata=metadata)
+    return torch.kron(t[f"{stem}.lokr_w1"].double(), t[f"{stem}.lokr_w2"].double())
+
+
+def test_small_full_rank_lokr_is_exact_and_its_alpha_ignored_even_when_inf(tmp_path):
+    path = tmp_path / "tiny_full.safetensors"
+    expected = _full_lokr(path, 9999999999.0)  # inf in fp16, as AI-Toolkit's default reads
+    lora = LoraFile.open(path)
+    down, up, scale = lora.load(Q)
+    assert scale == 1.0 and lora.modules[Q].kind == "lokr-full"
+    assert relative_error(up.double() @ down.double(), expected) < 1e-12  # fp16 products: exact in float32
+    assert not any("alpha/dim" in w for w in lora.warnings)
+
+
+def test_full_rank_lokr_with_metadata_alpha_over_dim_warns_of_the_ambiguity(tmp_path):
+    path = tmp_path / "kohya_full.safetensors"
+    _full_lokr(path, 16.0, {"ss_network_alpha": "16", "ss_network_dim": "64"})
+    lora = LoraFile.open(path)
+    assert lora.modules[Q].scale == 1.0
+    assert any("alpha/dim is 0.25" in w and "try a ratio near 0.25" in w for w in lora.warnings)
+
+
+Q = "layers.0.attention.to_q"
 
 
 def test_lokr_alpha_uses_w2_rank_when_both_factors_are_decomposed(tmp_path):

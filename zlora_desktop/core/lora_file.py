@@ -100,6 +100,7 @@ class LoraFile:
         notes = _collapse(notes)
         lora = cls(path, header, _layout_name(parsed, fused, header.metadata), modules, sorted(unknown), notes, [],
                    _dtype_of(header, modules), {})
+        lora.warnings.extend(_check_full_lokr(modules, header.metadata, path))
         lora.dims = _check_dims(lora)
         if lora.dims and (lora.dims.get("hidden", model.HIDDEN) != model.HIDDEN
                           or lora.dims.get("ffn", model.FFN_HIDDEN) != model.FFN_HIDDEN
@@ -442,20 +443,19 @@ def _lokr_info(header: Header, module: str, parts: dict[str, list[str]], notes: 
     (a, b), (c, d) = shapes["w1"], shapes["w2"]
     alpha = _alpha(header, module, parts, notes)
     dim = inner["w2"] if inner["w2"] is not None else inner["w1"]
-    if dim is None:
-        # Both factors full: ΔW is full-rank; its exact factors would outweigh the dense matrix.
-        raise ZLoraError(f"module {module} is a full-rank LoKr (lokr_w1 and lokr_w2 both full): full-rank LoKr "
-                         "is not supported yet (its SVD path, from the factors' own SVDs, is not implemented)",
-                         path)
-    if alpha is not None and not math.isfinite(alpha):
-        raise ZLoraError(f"module {module} has a non-finite alpha", path)
-    scale = 1.0 if alpha is None else alpha / dim  # w2's rank wins (ComfyUI, diffusers, LyCORIS)
+    if dim is None:  # both factors full: alpha is ignored (ComfyUI, diffusers), whatever its value (inf too)
+        scale = 1.0
+    else:
+        if alpha is not None and not math.isfinite(alpha):
+            raise ZLoraError(f"module {module} has a non-finite alpha", path)
+        scale = 1.0 if alpha is None else alpha / dim  # w2's rank wins (ComfyUI, diffusers, LyCORIS)
     s = inner["w1"] if inner["w1"] is not None else min(a, b)
     t = inner["w2"] if inner["w2"] is not None else min(c, d)
     shape = (a * c, b * d)
     rank = min(s * t, *shape)
     key_b = tensors.get("w2", tensors.get("w2_a"))
-    return ModuleInfo(module, rank, alpha, scale, shape, key_b, key_b, kind="lokr", tensors=tensors)
+    kind = "lokr" if dim is not None else "lokr-full"
+    return ModuleInfo(module, rank, alpha, scale, shape, key_b, key_b, kind=kind, tensors=tensors)
 
 
 def _diff_info(header: Header, module: str, parts: dict[str, list[str]], notes: list[str]) -> ModuleInfo:
@@ -519,7 +519,33 @@ def _expand_diff(t):
     return _as_factors(t["diff"].double())
 
 
-_EXPAND = {"loha": _expand_loha, "lokr": _expand_lokr, "diff": _expand_diff}
+_EXPAND = {"loha": _expand_loha, "lokr": _expand_lokr, "lokr-full": _expand_lokr, "diff": _expand_diff}
+
+# A LoKr with both factors full is full rank: its exact factors are at least the size of the dense ΔW.
+# Read exactly while they stay small (tiny or pruned files); beyond this many values in all, refuse.
+FULL_LOKR_BUDGET = 1 << 26  # values: 256 MB in float32
+
+
+def _check_full_lokr(modules: dict[str, ModuleInfo], metadata: dict[str, str], path: str) -> list[str]:
+    """Refuse a full-rank LoKr too large to expand exactly; the alpha/dim ambiguity as a warning."""
+    full = [info for info in modules.values() if info.kind == "lokr-full"]
+    if not full:
+        return []
+    values = sum(info.rank * (info.shape[0] + info.shape[1]) for info in full)
+    if values > FULL_LOKR_BUDGET:
+        raise ZLoraError(
+            f"is a full-rank LoKr (lokr_w1 and lokr_w2 both full, e.g. module {full[0].name}): exact factors would "
+            f"hold {values / 1e6:.0f} M values; full-rank LoKr is not supported yet at this size (its SVD path, "
+            "from the factors' own SVDs, is not implemented)", path)
+    try:
+        ratio = float(metadata["ss_network_alpha"]) / float(metadata["ss_network_dim"])
+    except (KeyError, ValueError, ZeroDivisionError):
+        return []
+    if not math.isfinite(ratio) or ratio == 1:
+        return []
+    return [f"{len(full)} LoKr modules have both factors full: read with alpha ignored (scale 1), as ComfyUI and "
+            f"diffusers do; the metadata's alpha/dim is {ratio:g}, and some trainers applied it: if the result "
+            f"burns at ratio 1, try a ratio near {ratio:g}"]
 
 
 def _foreign_message(names: list[str]) -> str:

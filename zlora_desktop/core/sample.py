@@ -241,9 +241,11 @@ def _write_refused(path, spec: SampleSpec) -> dict:
     r, d = spec.rank, spec.hidden
     t = torch.zeros
     tensors = {
-        "lokr": {"diffusion_model.layers.0.attention.to_q.lokr_w1": t(4, 4),
-                 "diffusion_model.layers.0.attention.to_q.lokr_w2": t(d // 4, d // 4),
-                 "diffusion_model.layers.0.attention.to_q.alpha": torch.tensor(1e10)},
+        # AI-Toolkit's default LoKr at full size (w1 [60, 60], w2 [64, 64], both full): too large to expand.
+        "lokr": {key: value for i in range(spec.layers) for key, value in (
+            (f"diffusion_model.layers.{i}.attention.to_q.lokr_w1", t(60, 60)),
+            (f"diffusion_model.layers.{i}.attention.to_q.lokr_w2", t(64, 64)),
+            (f"diffusion_model.layers.{i}.attention.to_q.alpha", torch.tensor(9999999999.0)))},
         "dora-aitoolkit": {"diffusion_model.layers.0.attention.to_q.lora_A.weight": t(r, d),
                            "diffusion_model.layers.0.attention.to_q.lora_B.weight": t(d, r),
                            "diffusion_model.layers.0.attention.to_q.magnitude": t(d)},
