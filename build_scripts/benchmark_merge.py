@@ -19,7 +19,14 @@ What it measures, in one run so that every ratio compares figures from the same 
    to the 240 block modules (30 layers × 8 components);
 5. peak resident memory of each child process: ``ru_maxrss`` of that very child, read from
    ``os.wait4(pid)`` (the kernel's high-water RSS of the process, per child, not a max over
-   all children as ``RUSAGE_CHILDREN`` would give), compared with inputs + output bytes.
+   all children as ``RUSAGE_CHILDREN`` would give), compared with inputs + output bytes;
+6. issue 10's targets, each against a baseline timed in the same run: peak RSS of the exact merge
+   against (RSS of a process that only imports torch and safetensors) + 0.25 × output size; the
+   exact merge called in-process (torch already imported, as in the app) against a naive
+   in-process script that loads the three inputs, concatenates them into one state dict and
+   saves it with fsync (alternating in one child); and the whole ``zlora merge`` process against
+   that naive script run as a process. ``--ten-rank128`` adds the memory target for ten rank-128
+   inputs (6.8 GB in, 6.8 GB out: needs ~15 GB of disk).
 
 Medians are over ``--reps`` repetitions run in alternation (floor, exact, svd, floor, …) after
 one untimed warm-up of each, so page-cache state and CPU frequency drift hit all three alike.
@@ -48,7 +55,8 @@ WEIGHTS = "adaLN=0.5, ff=1.2"
 SVD_RANK = 64
 LAYERS = 30
 
-TARGETS = {"exact": 1.3, "svd": 2.5, "dense": 500.0, "memory": 1.1}
+TARGETS = {"exact": 1.3, "svd": 2.5, "dense": 500.0, "memory": 1.1,
+           "streamed memory": 1.0, "in-process": 1.3, "process": 1.2}
 
 # The I/O floor child: everything a merge must do at the least (start Python, import torch, read
 # the inputs, hold an output-sized buffer, write it with safetensors), and nothing else.
@@ -65,6 +73,53 @@ for path in inputs:
 buffer = torch.ones(nbytes, dtype=torch.uint8)  # touched, as a computed output would be
 save_file({"x": buffer}, out)
 """
+
+# Only the imports: the RSS every merge process starts from (issue 10's memory baseline).
+IMPORTS_SCRIPT = "import torch, safetensors.torch"
+
+# The naive way to write the same bytes: load the inputs, concatenate them into one state dict,
+# save it, fsync. As a process (whole-process target) ...
+NAIVE_BODY = r"""
+def naive(out, inputs):
+    from safetensors.torch import load_file, save_file
+    tensors = {}
+    for index, path in enumerate(inputs):
+        for name, tensor in load_file(path).items():
+            tensors[f"{index}.{name}"] = tensor
+    save_file(tensors, out)
+    with open(out, "rb+") as handle:
+        os.fsync(handle.fileno())
+"""
+NAIVE_SCRIPT = "import os, sys, torch\n" + NAIVE_BODY + "\nnaive(sys.argv[1], sys.argv[2:])\n"
+
+# ... and in one process with the exact merge, alternating (in-process target; torch imported once).
+INPROCESS_SCRIPT = r"""
+import os, sys, time, statistics, torch
+""" + NAIVE_BODY + r"""
+from zlora_desktop.core.merge import merge
+from zlora_desktop.core.recipe import Recipe, RecipeInput
+reps, workdir, weights, ratios, inputs = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+ratios = [float(r) for r in ratios.split(",")]
+out_merge, out_naive = os.path.join(workdir, "inproc_merge.safetensors"), os.path.join(workdir, "inproc_naive.safetensors")
+recipe = Recipe(inputs=[RecipeInput(p, r, weights, None) for p, r in zip(inputs, ratios)], output=out_merge)
+times = {"merge": [], "naive": []}
+for rep in range(reps + 1):  # the first round warms up, untimed
+    for kind in ("naive", "merge"):
+        for path in (out_merge, out_naive):
+            if os.path.exists(path):
+                os.unlink(path)
+        os.sync()
+        started = time.perf_counter()
+        merge(recipe) if kind == "merge" else naive(out_naive, inputs)
+        if rep:
+            times[kind].append(time.perf_counter() - started)
+for path in (out_merge, out_naive):
+    if os.path.exists(path):
+        os.unlink(path)
+print("RESULT", statistics.median(times["merge"]), statistics.median(times["naive"]))
+"""
+
+RANK_TEN = 128
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -166,6 +221,20 @@ def make_inputs(workdir: str) -> None:
                   f"{time.perf_counter() - started:.1f} s)", flush=True)
 
 
+def make_ten(workdir: str) -> None:
+    """(child process) Ten rank-128 full-size inputs, for the ``--ten-rank128`` memory target."""
+    from zlora_desktop.core.sample import SampleSpec, write_sample
+
+    for index, path in enumerate(ten_paths(workdir)):
+        if not os.path.exists(path):
+            write_sample(path, SampleSpec.full_size(rank=RANK_TEN, layout="aitoolkit", seed=200 + index))
+            print(f"  wrote {os.path.basename(path)} ({os.path.getsize(path) / 1e6:.1f} MB)", flush=True)
+
+
+def ten_paths(workdir: str) -> list[str]:
+    return [os.path.join(workdir, f"bench_ten_{index}_r{RANK_TEN}.safetensors") for index in range(10)]
+
+
 def merge_argv(inputs: list[str], output: str, svd: bool) -> list[str]:
     argv = [sys.executable, "-m", "zlora_desktop", "merge", *inputs]
     for ratio in RATIOS:
@@ -262,6 +331,8 @@ def internal(args) -> int:
     """Work done in child processes, so that the measuring parent never imports torch."""
     if args.internal == "make":
         make_inputs(args.workdir)
+    elif args.internal == "make-ten":
+        make_ten(args.workdir)
     elif args.internal == "dense":
         for name, shape, count, seconds in dense_baseline(args.dense_reps):
             print(f"RESULT {count} {seconds!r}")
@@ -285,7 +356,9 @@ def main() -> int:
                         help="before each run, wait up to S seconds for other processes to leave the CPUs idle")
     parser.add_argument("--retry-contended", type=int, default=0, metavar="N",
                         help="run again (up to N times) a run that shared the CPUs with other processes")
-    parser.add_argument("--internal", choices=("make", "dense", "info"), help=argparse.SUPPRESS)
+    parser.add_argument("--ten-rank128", action="store_true",
+                        help="also measure the memory target on ten rank-128 inputs (~15 GB of disk)")
+    parser.add_argument("--internal", choices=("make", "make-ten", "dense", "info"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.internal:
         return internal(args)
@@ -436,10 +509,58 @@ def run(args, workdir: str, threads: str) -> int:
         print(f"WARNING: {contended} runs (marked *) shared the CPUs with other processes (their user time "
               f"exceeded 15% of the run's wall time); rerun on a quiet machine, or with --wait-quiet.")
 
+    issue_targets(args, workdir, inputs, exact_bytes, peak["exact"], med["exact"])
+
     if args.profile:
         print("\nprofile (cProfile, merge() called in one process, sorted by own time):", flush=True)
         profile(inputs, workdir)
     return 0
+
+
+def issue_targets(args, workdir: str, inputs: list[str], exact_bytes: int, exact_peak: int, exact_seconds: float) -> None:
+    """Issue 10's targets as ratios against baselines measured now (≤ 1 meets the target)."""
+    mb = 1e6
+    imports_rss = max(run_child([sys.executable, "-c", IMPORTS_SCRIPT]).rss for _ in range(3))
+    naive_out = os.path.join(workdir, "naive_out.safetensors")
+    naive_runs = []
+    for _ in range(max(1, args.reps)):
+        remove(naive_out)
+        os.sync()
+        naive_runs.append(run_child([sys.executable, "-c", NAIVE_SCRIPT, naive_out, *inputs]).seconds)
+    remove(naive_out)
+    naive_process = statistics.median(naive_runs)
+    inproc = run_child([sys.executable, "-c", INPROCESS_SCRIPT, str(max(1, args.reps)), workdir, WEIGHTS,
+                        ",".join(map(repr, RATIOS)), *inputs])
+    line = next(l for l in inproc.stdout.splitlines() if l.startswith("RESULT "))
+    merge_inproc, naive_inproc = (float(x) for x in line.split()[1:])
+
+    print("\nissue 10 targets (baselines measured in this run):")
+    allowed = imports_rss + 0.25 * exact_bytes
+    print(f"  RSS of a process importing only torch + safetensors: {imports_rss / mb:.0f} MB")
+    print(f"  peak RSS exact, 3 × rank {RANK}: {exact_peak / mb:.0f} MB vs imports + 0.25 × output "
+          f"{allowed / mb:.0f} MB: {exact_peak / allowed:.2f}  {_verdict(exact_peak / allowed, TARGETS['streamed memory'])}")
+    print(f"  exact merge in-process {merge_inproc:.2f} s vs naive load + concat + save + fsync in-process "
+          f"{naive_inproc:.2f} s: {merge_inproc / naive_inproc:.2f}  "
+          f"{_verdict(merge_inproc / naive_inproc, TARGETS['in-process'])}")
+    print(f"  `zlora merge` process {exact_seconds:.2f} s vs the naive script as a process {naive_process:.2f} s: "
+          f"{exact_seconds / naive_process:.2f}  {_verdict(exact_seconds / naive_process, TARGETS['process'])}")
+    if args.ten_rank128:
+        print(f"  ten rank-{RANK_TEN} inputs …", flush=True)
+        subprocess.run([sys.executable, __file__, "--internal", "make-ten", "--workdir", workdir], check=True)
+        ten = ten_paths(workdir)
+        out = os.path.join(workdir, "ten_out.safetensors")
+        remove(out)
+        run = run_child([sys.executable, "-m", "zlora_desktop", "merge", *ten, "-o", out, "--quiet"])
+        ten_bytes = os.path.getsize(out)
+        remove(out)
+        allowed = imports_rss + 0.25 * ten_bytes
+        print(f"  peak RSS exact, 10 × rank {RANK_TEN}: {run.rss / mb:.0f} MB ({run.seconds:.1f} s, output "
+              f"{ten_bytes / mb:.0f} MB) vs imports + 0.25 × output {allowed / mb:.0f} MB: {run.rss / allowed:.2f}  "
+              f"{_verdict(run.rss / allowed, TARGETS['streamed memory'])}")
+
+
+def _verdict(value: float, target: float) -> str:
+    return f"{'ok' if value <= target else 'MISSED'} (target ≤ {target:g})"
 
 
 if __name__ == "__main__":
