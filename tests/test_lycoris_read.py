@@ -208,3 +208,24 @@ def test_full_diff_on_fused_qkv_splits_exactly(tmp_path):
     assert {m for m in lora.modules if model.split_module(m)[1] in "qkv"} == {
         "layers.0.attention.to_q", "layers.0.attention.to_k", "layers.0.attention.to_v"}
     assert math.isclose(lora.modules["layers.0.attention.to_k"].scale, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_loha_and_lokr_on_comfyui_fused_qkv_split_exactly(tmp_path, kind):
+    path = tmp_path / f"fused_{kind}.safetensors"
+    g = torch.Generator().manual_seed(9)
+    stem = "lycoris_layers_0_attention_qkv"
+    if kind == "loha":
+        t = {f"{stem}.hada_w1_a": torch.randn(192, 2, generator=g), f"{stem}.hada_w1_b": torch.randn(2, 64, generator=g),
+             f"{stem}.hada_w2_a": torch.randn(192, 3, generator=g), f"{stem}.hada_w2_b": torch.randn(3, 64, generator=g),
+             f"{stem}.alpha": torch.tensor(1.0)}
+    else:
+        t = {f"{stem}.lokr_w1": torch.randn(12, 8, generator=g), f"{stem}.lokr_w2_a": torch.randn(16, 2, generator=g),
+             f"{stem}.lokr_w2_b": torch.randn(2, 8, generator=g), f"{stem}.alpha": torch.tensor(1.0)}
+    save_file(t, str(path))
+    expected = _file_deltas(path)
+    lora = LoraFile.open(path)
+    assert set(lora.modules) == {f"layers.0.attention.to_{p}" for p in "qkv"}
+    for name, delta in expected.items():
+        down, up, scale = lora.load(name)
+        assert relative_error(scale * (up.double() @ down.double()), delta) < 1e-6, name

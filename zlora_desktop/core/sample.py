@@ -32,6 +32,7 @@ EXPANDED = {
     "loha-kohya": ("lora_unet_", "underscore", "loha", None),
     "lokr-aitoolkit": ("diffusion_model.", "dotted", "lokr", "w2"),
     "lokr-lycoris": ("lycoris_", "underscore", "lokr", "w2"),
+    "lokr-kohya": ("lora_unet_", "underscore", "lokr", "w2"),  # musubi/kohya LyCORIS network names
     "lokr-decomposed": ("lycoris_", "underscore", "lokr", "both"),
     "full-diff": ("diffusion_model.", "comfy", "diff", None),
 }
