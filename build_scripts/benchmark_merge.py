@@ -550,7 +550,7 @@ def issue_targets(args, workdir: str, inputs: list[str], exact_bytes: int, exact
         ten = ten_paths(workdir)
         out = os.path.join(workdir, "ten_out.safetensors")
         remove(out)
-        run = run_child([sys.executable, "-m", "zlora_desktop", "merge", *ten, "-o", out, "--quiet"])
+        run = run_child([sys.executable, "-m", "zlora_desktop", "merge", *ten, "--ratio", "1.0", "-o", out, "--quiet"])
         ten_bytes = os.path.getsize(out)
         remove(out)
         allowed = imports_rss + 0.25 * ten_bytes

@@ -23,6 +23,8 @@ from zlora_desktop.core.recipe import Recipe, RecipeInput
 from zlora_desktop.core.sample import SampleSpec, write_sample
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The fsync tests name each synced descriptor's file through /proc (Linux).
+needs_proc_fd = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names files through /proc/self/fd")
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +102,10 @@ def test_writer_refuses_on_a_big_endian_host(tmp_path, inputs, monkeypatch):
 # ---- durable and atomic ---------------------------------------------------------------------
 
 
-def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, inputs, monkeypatch):
+@needs_proc_fd
+def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
     calls: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_replace = os.fsync, os.replace  # recorded, then called: the real file system
 
     def recording_fsync(fd):
         calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
@@ -113,7 +116,6 @@ def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, in
         return real_replace(source, target)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    monkeypatch.setattr(os, "replace", recording_replace)
     output = tmp_path / "out.safetensors"
     target = writer.AtomicOutput(str(output), replace=recording_replace)
     stream = target.open({"t": (torch.float32, (2, 2))}, {"k": "v"})
@@ -125,6 +127,7 @@ def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, in
     assert output.exists() and os.listdir(tmp_path) == ["out.safetensors"]
 
 
+@needs_proc_fd
 def test_a_merge_fsyncs_its_file_before_renaming_it(tmp_path, inputs, monkeypatch):
     calls: list[tuple[str, str]] = []
     real_fsync = os.fsync
@@ -245,7 +248,7 @@ def test_a_merge_whose_target_stays_in_use_leaves_it_and_no_temporary_file(tmp_p
     output = tmp_path / "out.safetensors"
     output.write_bytes(b"previous")
     monkeypatch.setattr(writer, "REPLACE_DELAY_SECONDS", 0.0)
-    monkeypatch.setattr(writer.sys, "platform", "win32")  # the retrying path; the folder sync is skipped
+    monkeypatch.setattr(writer, "RETRY_REPLACE_IN_USE", True)  # Windows' path, here
     real_init = writer.AtomicOutput.__init__
     monkeypatch.setattr(writer.AtomicOutput, "__init__",
                         lambda self, out, cancel=None, replace=None: real_init(self, out, cancel, InUse(10**6)))

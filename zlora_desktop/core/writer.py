@@ -35,6 +35,9 @@ _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
 # Windows: a replace refused because another program (often ComfyUI) holds the target is retried.
 REPLACE_ATTEMPTS = 20
 REPLACE_DELAY_SECONDS = 0.25
+# Only Windows refuses to replace a file another program holds open; elsewhere a PermissionError
+# is a real permission problem, not worth waiting on.
+RETRY_REPLACE_IN_USE = sys.platform == "win32"
 
 
 # ---- the plan ------------------------------------------------------------------------------
@@ -338,7 +341,7 @@ def replace_file(source: str, target: str, replace: Callable[[str, str], None] =
     """``replace(source, target)``; on Windows (``retry_in_use``) a PermissionError means another
     program holds ``target`` open: retried for a few seconds, then told naming the file."""
     if retry_in_use is None:
-        retry_in_use = sys.platform == "win32"
+        retry_in_use = RETRY_REPLACE_IN_USE
     for attempt in range(attempts if retry_in_use else 1):
         try:
             replace(source, target)
