@@ -293,3 +293,37 @@ def test_exact_merge_peak_memory_is_about_one_module_not_the_output(tmp_path):
     assert figures["output"] > 150e6  # large enough for a whole-output copy to stand out
     # Holding the output takes ≥ 1× its size; the target is 0.25×, this bound is generous.
     assert growth < 0.35 * figures["output"], figures
+
+
+def test_svd_to_a_fixed_rank_streams_too_even_where_a_module_is_thinner_than_the_rank(tmp_path):
+    """Fixed-rank SVD shapes are planned up front as min(rank, out, in, ranks in): adaLN's 16 inputs
+    cap it below the requested 20, other modules take 20, a module of rank 7 in keeps 7."""
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    write_sample(a, SampleSpec(layout="aitoolkit", rank=12, layers=2, seed=1))
+    write_sample(b, SampleSpec(layout="kohya", rank=10, layers=2, seed=2))
+    c = tmp_path / "c.safetensors"
+    write_sample(c, SampleSpec(layout="aitoolkit", rank=7, layers=2, components=("q",), refiners=True, seed=3))
+    output = tmp_path / "out.safetensors"
+    report = merge(Recipe([RecipeInput(str(a), 1.0), RecipeInput(str(b), 0.5)], str(output),
+                          method="svd", rank=20))
+    ranks = {s.module: s.rank_out for s in report.modules}
+    assert {r for m, r in ranks.items() if "adaLN" in m} == {16}
+    assert {r for m, r in ranks.items() if "adaLN" not in m} == {20}
+    report = merge(Recipe([RecipeInput(str(c), 1.0)], str(output), method="svd", rank=20))
+    assert {s.rank_out for s in report.modules} == {7}
+
+
+MEASURE_SVD = MEASURE.replace("RecipeInput(p, 1.0) for p in inputs], output)",
+                              "RecipeInput(p, 1.0) for p in inputs], output, method='svd', rank=64)")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="resource.getrusage is POSIX")
+def test_svd_merge_to_a_fixed_rank_peak_memory_is_about_one_module(tmp_path):
+    inputs = [str(tmp_path / f"in{i}.safetensors") for i in range(3)]
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", MAKE, *inputs], check=True, env=env, cwd=REPO)
+    result = subprocess.run([sys.executable, "-c", MEASURE_SVD, str(tmp_path / "out.safetensors"), *inputs],
+                            check=True, env=env, cwd=REPO, capture_output=True, text=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["output"] > 100e6
+    assert figures["peak"] - figures["baseline"] < 0.35 * figures["output"], figures

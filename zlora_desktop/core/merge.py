@@ -246,18 +246,16 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
             stream = target.open(specs, {**format_metadata, **placeholder})
             return ModuleWriter(stream, shapes, recipe.format, dtype)
 
-        if recipe.method == "exact":
+        if recipe.method == "exact" or recipe.rank != "auto":
             # Every shape is known before computing: each module goes to disk as it is made.
-            writer = start_writing({name: (sum(_stored_rank(lora, name) for lora, _ in terms),
-                                           *terms[0][0].modules[name].shape)
-                                    for name, terms in contributions.items()})
+            writer = start_writing({name: _planned_shape(recipe, name, terms) for name, terms in contributions.items()})
             for name, down, up, stats in computed():
                 report.modules.append(stats)
                 writer.put(name, down, up)
                 del down, up
         else:
-            # SVD output ranks are known only once computed: the small output factors are kept
-            # (never the inputs), then written.
+            # With rank "auto" the output ranks are known only once computed: the small output
+            # factors are kept (never the inputs), then written.
             results = []
             for name, down, up, stats in computed():
                 report.modules.append(stats)
@@ -282,6 +280,16 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     report.output_bytes = os.path.getsize(recipe.output)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _planned_shape(recipe: Recipe, name: str, terms) -> tuple[int, int, int]:
+    """(rank, out, in) of module ``name`` in the output, from the inputs' headers: the ranks
+    concatenated (exact), or what ``svd_truncate`` keeps of them at a fixed rank."""
+    rows, cols = terms[0][0].modules[name].shape
+    rank_in = sum(_stored_rank(lora, name) for lora, _ in terms)
+    if recipe.method == "exact":
+        return rank_in, rows, cols
+    return max(1, min(int(recipe.rank), rows, cols, rank_in)), rows, cols
 
 
 def _stored_rank(lora: LoraFile, name: str) -> int:
