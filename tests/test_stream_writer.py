@@ -316,5 +316,3 @@ def test_svd_to_a_fixed_rank_streams_too_even_where_a_module_is_thinner_than_the
     assert {r for m, r in ranks.items() if "adaLN" not in m} == {20}
     report = merge(Recipe([RecipeInput(str(c), 1.0)], str(output), method="svd", rank=20))
     assert {s.rank_out for s in report.modules} == {7}
-
-
