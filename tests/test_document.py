@@ -10,7 +10,7 @@ import pytest
 from zlora_desktop.core.document import Document
 from zlora_desktop.core.errors import ZLoraError
 from zlora_desktop.core.lora_file import LoraFile
-from zlora_desktop.core.merge import sha256_file
+from zlora_desktop.core.merge import input_digest
 from zlora_desktop.core.recipe import RECIPE_METADATA_KEY, Recipe
 from zlora_desktop.core.sample import SampleSpec, write_sample
 from zlora_desktop.core.weights import BlockWeights
@@ -29,7 +29,7 @@ def files(tmp_path):
 def read(doc: Document, entry) -> None:
     """What the app's workers do for an entry: header, then sha256."""
     doc.file_read(entry, LoraFile.open(entry.path))
-    doc.file_hashed(entry, sha256_file(entry.path), (1, 1))
+    doc.file_hashed(entry, input_digest(entry.path))
 
 
 def test_history_merges_a_gesture_and_drops_one_that_ends_where_it_began(files):

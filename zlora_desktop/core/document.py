@@ -518,8 +518,10 @@ class Document:
         entry.state, entry.error = FAILED, message
         self._file_changed(entry)
 
-    def file_hashed(self, entry: Entry, digest: str, stamp: tuple[int, int] | None = None) -> None:
-        entry.sha256, entry.digest_stamp = digest, stamp
+    def file_hashed(self, entry: Entry, digest: tuple[int, int, str]) -> None:
+        """``digest``: (size, mtime_ns, sha256), as ``core.merge.input_digest`` gives it."""
+        size, mtime_ns, entry.sha256 = digest
+        entry.digest_stamp = (size, mtime_ns)
         self._file_changed(entry)
 
     def _file_changed(self, entry: Entry) -> None:

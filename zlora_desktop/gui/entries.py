@@ -102,9 +102,6 @@ class LoraListModel(QAbstractTableModel):
         except ValueError:
             return -1
 
-    def preset_label(self, entry: Entry) -> str | None:
-        return self._doc.preset_label(entry)
-
     # ---- following the document -------------------------------------------------------------
 
     def _on_document(self, kind: str, *args) -> None:

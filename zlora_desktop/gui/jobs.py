@@ -41,13 +41,12 @@ def read_header(path: str, report: Report, cancelled: Cancelled):
     return LoraFile.open(path)
 
 
-def hash_file(path: str, report: Report, cancelled: Cancelled) -> tuple[str, tuple[int, int]]:
-    """(sha256, (size, mtime_ns) of the file as it was hashed): the merge reuses the digest while
-    the file's size and mtime still match."""
-    from ..core.merge import sha256_file
+def hash_file(path: str, report: Report, cancelled: Cancelled) -> tuple[int, int, str]:
+    """(size, mtime_ns, sha256) as the engine records it: the merge reuses the digest while the
+    file's size and mtime still match."""
+    from ..core.merge import input_digest
 
-    info = os.stat(path)
-    return sha256_file(path), (info.st_size, info.st_mtime_ns)
+    return input_digest(path, cancel=cancelled)
 
 
 def module_norms(path: str, report: Report, cancelled: Cancelled) -> dict[str, float]:

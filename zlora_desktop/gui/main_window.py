@@ -11,7 +11,7 @@ import time
 
 from PySide6.QtCore import QByteArray, QEvent, QEventLoop, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QAbstractSpinBox, QApplication, QDockWidget, QFileDialog, QFrame, QLabel,
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QFrame, QLabel,
                                QMainWindow, QMessageBox, QScrollArea, QWidget)
 
 from .. import __version__
@@ -432,12 +432,8 @@ class MainWindow(QMainWindow):
     def commit_edits(self) -> bool:
         """Merge, save, open, new and quit first commit whatever editor is open, so that they act on
         what the screen shows; text that does not parse blocks the action (its message is shown)."""
-        focus = QApplication.focusWidget()
-        if isinstance(focus, QAbstractSpinBox):
-            focus.interpretText()
         for panel in (self.lora_panel, self.editor, self.output):
-            commit = getattr(panel, "commit_pending", None)
-            problem = commit() if commit is not None else None
+            problem = panel.commit_pending()
             if problem:
                 self._show_message(f"Not applied: {problem}")
                 if self.interactive:

@@ -290,7 +290,9 @@ class OutputPanel(QWidget):
         self.session.set_output(output=self._typed_path())
 
     def commit_pending(self) -> str | None:
-        """A path typed but not confirmed (no Enter, focus still there) is the path the action uses."""
+        """What is being typed (a path without Enter, a rank or energy mid-edit) is what the action uses."""
+        for spin in (self.rank, self.energy):
+            spin.interpretText()
         if self.path.text() != self.session.output.output:
             self._on_path_edited()
         return None

@@ -237,10 +237,10 @@ class Session(QObject):
         self.message.emit(f"Not usable: {message}")
         log.warning("not usable: %s", message)
 
-    def _on_hash(self, entry_id: int, payload: tuple[str, tuple[int, int]]) -> None:
+    def _on_hash(self, entry_id: int, digest: tuple[int, int, str]) -> None:
         entry = self._known.get(entry_id)
         if entry is not None:
-            self.document.file_hashed(entry, *payload)
+            self.document.file_hashed(entry, digest)
 
     def _forget_files(self) -> None:
         self.tasks.cancel_where(lambda key: isinstance(key, tuple) and key[0] != "expand")
