@@ -165,6 +165,14 @@ def parse_key(key: str) -> ParsedKey | None:
     return None
 
 
+def split_prefix(key: str) -> tuple[str, str]:
+    """(the literal layout prefix a key starts with, or "", the rest of the key)."""
+    for prefix, _ in _PREFIXES:
+        if key.startswith(prefix):
+            return prefix, key[len(prefix):]
+    return "", key
+
+
 def module_of_unknown(key: str) -> str | None:
     """The known module an unparsed key belongs to, if any (``<module>.<something>``)."""
     body = key
@@ -214,15 +222,20 @@ def kohya_name(module: str) -> str:
     return "lora_unet_" + module.replace(".", "_")
 
 
-def comfy_name(module: str) -> str:
-    """Canonical module -> the kohya stem ComfyUI maps onto its own model (fused attention)."""
+def comfy_path(module: str) -> str:
+    """Canonical module -> its name in ComfyUI's own model (``layers.0.attention.qkv`` for q, k
+    and v, ``attention.out``, ``x_embedder``…; the others as in diffusers)."""
     split = model.split_module(module)
     if split is None:
-        return "lora_unet_" + model.OTHER_MODULES[module].replace(".", "_")
+        return model.OTHER_MODULES[module]
     block, comp = split
-    stem = model.block_prefix(block).replace(".", "_")
     if comp in ("q", "k", "v"):
-        return f"lora_unet_{stem}_attention_qkv"
+        return f"{model.block_prefix(block)}.{FUSED_QKV}"
     if comp == "out":
-        return f"lora_unet_{stem}_attention_out"
-    return kohya_name(module)
+        return f"{model.block_prefix(block)}.attention.out"
+    return module
+
+
+def comfy_name(module: str) -> str:
+    """Canonical module -> the kohya stem ComfyUI maps onto its own model (fused attention)."""
+    return "lora_unet_" + comfy_path(module).replace(".", "_")

@@ -1,0 +1,164 @@
+"""The loader table (core/loaders.py) against diffusers 0.42's real Z-Image LoRA loader.
+
+Every layout the project's generator writes (plain LoRA, LoHa, LoKr, full diff), variants made by
+renaming its keys, and the engine's four output formats are loaded through
+``ZImagePipeline.load_lora_weights`` + ``fuse_lora`` on a tiny random model (nothing downloaded).
+The modules whose weights moved must be exactly the ones the report says diffusers applies, each
+by the file's ΔW times the scale factor the report gives; a file diffusers fails to load must be
+one the report says it refuses or applies nothing of.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+pytestmark = pytest.mark.interop
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft", reason="interop tests need peft (pip install -e .[interop])")
+pytest.importorskip("transformers", reason="interop tests need transformers (pip install -e .[interop])")
+diffusers = pytest.importorskip("diffusers", minversion="0.42",
+                                reason="interop tests need diffusers>=0.42 with Z-Image LoRA support")
+
+from diffusers import ZImagePipeline, ZImageTransformer2DModel  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from conftest import relative_error  # noqa: E402
+from zlora_desktop.core.loaders import loader_reports  # noqa: E402
+from zlora_desktop.core.lora_file import LoraFile  # noqa: E402
+from zlora_desktop.core.merge import merge  # noqa: E402
+from zlora_desktop.core.recipe import Recipe, RecipeInput  # noqa: E402
+from zlora_desktop.core.sample import EXPANDED, LAYOUTS, SampleSpec, write_sample  # noqa: E402
+
+TINY = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=256, n_layers=3,
+            n_refiner_layers=2, n_heads=8, n_kv_heads=8, cap_feat_dim=170,
+            axes_dims=[8, 12, 12], axes_lens=[64, 32, 32])
+SHAPES = dict(hidden=256, ffn=int(256 / 3 * 8), adaln_in=256, layers=3, refiners=True, others=True)
+
+
+@pytest.fixture(scope="module")
+def pristine():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and spares a busy machine
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        yield ZImageTransformer2DModel(**TINY).eval()
+    torch.set_num_threads(threads)
+
+
+def sample(folder, layout: str, **overrides) -> str:
+    path = folder / f"{layout}.safetensors"
+    write_sample(path, SampleSpec(layout=layout, rank=2, dtype="fp32", seed=3, **{**SHAPES, **overrides}))
+    return str(path)
+
+
+def renamed(source: str, target, rename) -> str:
+    """A copy of ``source`` with every key passed through ``rename`` (None drops the key)."""
+    tensors = {}
+    for key, tensor in load_file(source).items():
+        new = rename(key)
+        if new is not None:
+            tensors[new] = tensor
+    save_file(tensors, str(target))
+    return str(target)
+
+
+def diffusers_report(path: str):
+    lora = LoraFile.open(path)
+    try:
+        return lora, next(r for r in loader_reports(lora) if r.loader == "diffusers")
+    finally:
+        lora.close()
+
+
+def check_against_diffusers(pristine, path: str):
+    lora, report = diffusers_report(path)
+    transformer = copy.deepcopy(pristine)
+    pipeline = ZImagePipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None, transformer=transformer)
+    try:
+        pipeline.load_lora_weights(path)
+        pipeline.fuse_lora()
+    except (ValueError, KeyError, RuntimeError) as exc:  # diffusers refuses the whole file
+        assert report.refused or report.applied == 0, f"{path}: diffusers failed ({exc!s:.200}) but {report.summary()}"
+        return report
+    before = dict(pristine.named_parameters())
+    factors = {name: group.factor for group in report.rescaled for name in group.modules}
+    skipped = {name for group in report.skipped for name in group.modules}
+    moved = set()
+    for name in lora.modules:
+        owner = transformer.get_submodule(name)
+        change = getattr(owner, "base_layer", owner).weight.detach().double() - before[name + ".weight"].detach().double()
+        if bool(change.any()):
+            moved.add(name)
+            down, up, scale = lora.load(name)
+            want = factors.get(name, 1.0) * scale * (up.double() @ down.double())
+            assert relative_error(change, want) < 1e-5, (path, name)
+    assert report.refused is None, path
+    assert moved == set(lora.modules) - skipped, (path, report.summary())
+    assert report.applied == len(moved)
+    return report
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS) + list(EXPANDED))
+def test_every_sample_layout_as_diffusers_loads_it(pristine, tmp_path, layout):
+    check_against_diffusers(pristine, sample(tmp_path, layout))
+
+
+# Variants seen in the wild, made by renaming the keys of a generated file.
+VARIANTS = {
+    # bare lora_A/B without alpha: diffusers leaves every key out (no transformer. prefix)
+    "bare-no-alpha": ("aitoolkit", lambda k: k.removeprefix("diffusion_model.")),
+    # kohya with a double underscore
+    "kohya-double-underscore": ("kohya", lambda k: k.replace("lora_unet_", "lora_unet__", 1)),
+    # ComfyUI ModelSave prefix
+    "model-diffusion-model": ("aitoolkit", lambda k: "model." + k),
+    # musubi's --target other: every "_" of the kohya stem turned into "."
+    "musubi-over-split": ("onetrainer-diffusion", lambda k: _over_split(k)),
+    # transformer. + lora_A/B with .alpha tensors (OneTrainer): the alpha makes diffusers convert the file
+    "transformer-with-alpha": ("onetrainer-diffusion", lambda k: "transformer." + k.removeprefix("diffusion_model.")),
+}
+
+
+def _over_split(key: str) -> str:
+    body = key.removeprefix("diffusion_model.")
+    for suffix in (".lora_A.weight", ".lora_B.weight", ".alpha"):
+        if body.endswith(suffix):
+            return "diffusion_model." + body[: -len(suffix)].replace("_", ".") + suffix
+    raise AssertionError(key)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_key_variants_as_diffusers_loads_them(pristine, tmp_path, variant):
+    layout, rename = VARIANTS[variant]
+    path = renamed(sample(tmp_path, layout), tmp_path / f"{variant}.safetensors", rename)
+    report = check_against_diffusers(pristine, path)
+    if variant == "musubi-over-split":  # only the names diffusers repairs (adaLN.modulation, refiners, embedders)
+        assert 0 < report.applied < report.total
+    else:
+        assert report.applied == 0
+
+
+def test_a_file_mixing_lora_and_lokr_is_refused_as_diffusers_refuses_it(pristine, tmp_path):
+    lora_part = load_file(sample(tmp_path, "aitoolkit", others=False))
+    lokr_path = tmp_path / "lokr-part.safetensors"
+    write_sample(lokr_path, SampleSpec(layout="lokr-aitoolkit", rank=2, dtype="fp32", seed=4, hidden=256,
+                                       ffn=int(256 / 3 * 8), adaln_in=256, layers=3, refiners=True, others=True))
+    mixed = {k: v for k, v in lora_part.items() if ".layers." in k}
+    mixed.update({k: v for k, v in load_file(str(lokr_path)).items() if ".layers." not in k})
+    path = tmp_path / "mixed.safetensors"
+    save_file(mixed, str(path))
+    report = check_against_diffusers(pristine, str(path))
+    assert report.refused and "LoKr" in report.refused
+
+
+@pytest.mark.parametrize("fmt", ["aitoolkit", "kohya", "comfyui", "diffusers"])
+def test_every_output_format_as_diffusers_loads_it(pristine, tmp_path, fmt):
+    source = sample(tmp_path, "kohya")
+    output = tmp_path / f"out-{fmt}.safetensors"
+    merge(Recipe([RecipeInput(source, 0.7, "")], str(output), format=fmt, method="exact", dtype="fp32",
+                  device="cpu"))
+    report = check_against_diffusers(pristine, str(output))
+    # ComfyUI's names of the embedder and final layer have no diffusers mapping
+    assert report.applied == report.total - (3 if fmt == "comfyui" else 0)
