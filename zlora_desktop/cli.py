@@ -136,9 +136,10 @@ def _tolerant_streams() -> None:
 
 def cmd_inspect(args) -> int:
     from .core.analysis import file_report, module_norms
+    from .core.loaders import loader_reports
     from .core.lora_file import LoraFile
 
-    reports = []
+    reports, loaders = [], []
     for path in args.files:
         lora = LoraFile.open(path)
         try:
@@ -146,11 +147,17 @@ def cmd_inspect(args) -> int:
         finally:
             lora.close()
         reports.append(file_report(lora, norms))
+        loaders.append(loader_reports(lora))
+        reports[-1]["loaders"] = [loader.as_dict() for loader in loaders[-1]]
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
         return EXIT_OK
-    for report in reports:
+    for report, per_loader in zip(reports, loaders):
         print(format_report(report))
+        print("  loaders (what each applies of this file):")
+        for loader in per_loader:
+            print(f"    {loader.summary()}")
+            print("".join(f"      {line}\n" for line in loader.details()), end="")
     return EXIT_OK
 
 

@@ -68,6 +68,7 @@ class Loader:
     ignores_alpha_on: tuple[str, ...] = ()  # suffix families whose ``.alpha`` tensor it ignores
     equal_qkv_ranks: bool = False  # fuses q, k, v and needs their ranks equal
     repairs: tuple[tuple[str, str], ...] = ()  # over-split dotted names it rewrites before mapping
+    why_unmapped: tuple[tuple[str, str], ...] = ()  # (key prefix, why its keys go unmapped) for reports
     basis: str = ""  # where the facts come from (docs/FORMATS.md has the details)
 
 
@@ -90,6 +91,8 @@ LOADERS: tuple[Loader, ...] = (
         ),
         kinds=_ALL_KINDS,
         header_alpha=False,
+        why_unmapped=(("lora_unet_", "under lora_unet_ it knows only its own model's names: fused attention_qkv, "
+                                     "attention_out, x_embedder, final_layer_…"),),
         basis="comfy/lora.py model_lora_keys_unet and load_lora, comfy/utils.py z_image_to_diffusers",
     ),
     Loader(
@@ -351,7 +354,9 @@ def _unmapped_reason(loader: Loader, form: KeyForm | None, conditions: set[str])
                "lora_unet_ or .default keys"
     what = ("ComfyUI module names" if form.names == {"comfy"} else
             "diffusers module names" if "diffusers" in form.names else "these module names")
-    return f"{what} under `{form.prefix or '(no prefix)'}` with {_SUFFIX_TEXT[form.suffix]} keys are not mapped"
+    reason = f"{what} under `{form.prefix or '(no prefix)'}` with {_SUFFIX_TEXT[form.suffix]} keys are not mapped"
+    why = dict(loader.why_unmapped).get(form.prefix)
+    return f"{reason}: {why}" if why else reason
 
 
 _SUFFIX_TEXT = {"lora_A": "lora_A/B", "default": "lora_A/B.default", "lora_down": "lora_down/up",

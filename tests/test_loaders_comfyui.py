@@ -1,0 +1,164 @@
+"""The loader table's ComfyUI facts (core/loaders.py) against ComfyUI's own code, from the snapshot
+in ../shared/comfyui/ComfyUI (a test fixture imported from that path in a child process, never
+copied into the repository).
+
+- Names: the Z-Image module names ComfyUI's ``z_image_to_diffusers`` knows (diffusers names -> its
+  own model's weights) must be the engine's canonical names and ``keys.comfy_path``.
+- Suffixes: ComfyUI's weight adapters must load every module of every layout by its key stem.
+- Key map: where ComfyUI's ``comfy.lora`` imports (it pulls in every model ComfyUI has, and so
+  torchvision, scipy, av…), its real ``model_lora_keys_unet`` + ``load_lora`` on a tiny Z-Image
+  model must patch exactly the modules the report says ComfyUI applies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from zlora_desktop.core import keys, model  # noqa: E402
+from zlora_desktop.core.loaders import key_forms, loader_reports  # noqa: E402
+from zlora_desktop.core.lora_file import LoraFile  # noqa: E402
+from zlora_desktop.core.merge import merge  # noqa: E402
+from zlora_desktop.core.recipe import Recipe, RecipeInput  # noqa: E402
+from zlora_desktop.core.sample import EXPANDED, LAYOUTS, SampleSpec, write_sample  # noqa: E402
+
+COMFY = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "comfyui", "ComfyUI"))
+pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(COMFY, "comfy", "lora.py")),
+                                reason="no ComfyUI snapshot in ../shared/comfyui")
+
+_PRELUDE = r"""
+import json, sys
+args = sys.argv[1:]  # [ComfyUI folder, the test's arguments…]: ComfyUI's import parses sys.argv
+sys.path.insert(0, args[0])
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = ["comfy", "--cpu"]
+"""
+
+_NAMES_CHILD = _PRELUDE + r"""
+import comfy.utils
+mapping = comfy.utils.z_image_to_diffusers({"n_layers": 30, "dim": 3840}, output_prefix="")
+print(json.dumps({k: (v if isinstance(v, str) else [v[0], list(v[1])]) for k, v in mapping.items()}))
+"""
+
+_ADAPTER_CHILD = _PRELUDE + r"""
+from safetensors.torch import load_file
+import comfy.weight_adapter as weight_adapter
+lora = load_file(args[1])
+stems = json.loads(args[2])
+found = {}
+for stem in stems:
+    alpha = lora[stem + ".alpha"].item() if stem + ".alpha" in lora else None
+    adapter = next((a for a in (cls.load(stem, lora, alpha, None) for cls in weight_adapter.adapters) if a), None)
+    found[stem] = adapter.name if adapter is not None else None
+print(json.dumps(found))
+"""
+
+_KEYMAP_CHILD = _PRELUDE + r"""
+try:
+    import comfy.lora
+    import comfy.supported_models
+except ModuleNotFoundError as exc:
+    print(json.dumps({"missing": exc.name}))
+    raise SystemExit(0)
+from safetensors.torch import load_file
+config = {"image_model": "lumina2", "dim": 64, "n_layers": 3, "n_refiner_layers": 2, "n_heads": 2, "n_kv_heads": 2,
+          "axes_dims": [8, 12, 12], "axes_lens": [64, 32, 32], "cap_feat_dim": 32, "qk_norm": True,
+          "z_image_modulation": True, "ffn_dim_multiplier": 8.0 / 3.0, "in_channels": 16, "patch_size": 2}
+net = comfy.supported_models.ZImage(config).get_model({})
+key_map = comfy.lora.model_lora_keys_unet(net, {})
+patches = comfy.lora.load_lora(load_file(args[1]), key_map, log_missing=False)
+print(json.dumps({"patched": [[k, None] if isinstance(k, str) else [k[0], list(k[1])] for k in patches]}))
+"""
+
+
+def run_child(script: str, *args: str):
+    child = subprocess.run([sys.executable, "-c", script, COMFY, *args], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def test_comfyui_names_are_the_engines():
+    mapping = run_child(_NAMES_CHILD)
+    weights = {k[: -len(".weight")]: v for k, v in mapping.items() if k.endswith(".weight")}
+    canonical = set(model.all_block_modules()) | set(model.OTHER_MODULES)
+    assert canonical <= set(weights), sorted(canonical - set(weights))[:5]
+    for name in canonical:
+        target = weights[name]
+        target = target if isinstance(target, str) else target[0]
+        assert target == keys.comfy_path(name) + ".weight", name
+
+
+SHAPES = dict(rank=2, hidden=64, ffn=160, adaln_in=16, layers=3, refiners=True, others=True, dtype="fp32", seed=7)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS) + list(EXPANDED))
+def test_comfyui_adapters_load_every_key_form(tmp_path, layout):
+    """Whatever the loader's name mapping, ComfyUI's adapters read each stem's tensors and suffixes."""
+    pytest.importorskip("comfy_aimdo", reason="ComfyUI's import needs comfy-aimdo")
+    path = tmp_path / f"{layout}.safetensors"
+    write_sample(path, SampleSpec(layout=layout, **SHAPES))
+    lora = LoraFile.open(path)
+    forms = key_forms(lora)
+    stems = sorted({form.stem for spelled in forms.values() for form in spelled if form.suffix != "diff"})
+    if not stems:  # full diff: ComfyUI's load_lora reads <stem>.diff itself, no adapter
+        assert all(form.suffix == "diff" for spelled in forms.values() for form in spelled)
+        return
+    found = run_child(_ADAPTER_CHILD, str(path), json.dumps(stems))
+    assert all(found[stem] is not None for stem in stems), [s for s in stems if found[s] is None][:5]
+
+
+def _patched_modules(patched: list) -> set[str]:
+    """ComfyUI's patch targets back to canonical modules (a q/k/v slice of qkv, or all three)."""
+    by_comfy: dict[str, list[str]] = {}
+    for name in list(model.all_block_modules()) + list(model.OTHER_MODULES):
+        by_comfy.setdefault("diffusion_model." + keys.comfy_path(name) + ".weight", []).append(name)
+    modules = set()
+    for target, offset in patched:
+        names = by_comfy[target]
+        if offset is not None and len(names) == 3:  # a row slice of the fused qkv: which part
+            hidden = offset[2]
+            names = [names[offset[1] // hidden]]
+        modules.update(names)
+    return modules
+
+
+def _outputs(tmp_path) -> dict[str, str]:
+    source = tmp_path / "source.safetensors"
+    write_sample(source, SampleSpec(layout="kohya", **SHAPES))
+    out = {}
+    for fmt in ("aitoolkit", "kohya", "comfyui", "diffusers"):
+        path = tmp_path / f"out-{fmt}.safetensors"
+        merge(Recipe([RecipeInput(str(source), 1.0, "")], str(path), format=fmt, method="exact", dtype="fp32",
+                     device="cpu"))
+        out[f"output-{fmt}"] = str(path)
+    return out
+
+
+def test_comfyui_key_map_applies_what_the_report_says(tmp_path):
+    pytest.importorskip("comfy_aimdo", reason="ComfyUI's import needs comfy-aimdo")
+    files = {}
+    for layout in list(LAYOUTS) + list(EXPANDED):
+        path = tmp_path / f"{layout}.safetensors"
+        write_sample(path, SampleSpec(layout=layout, **SHAPES))
+        files[layout] = str(path)
+    double = {k.replace("lora_unet_", "lora_unet__", 1): v for k, v in load_file(files["kohya"]).items()}
+    save_file(double, str(tmp_path / "double.safetensors"))
+    files["kohya-double-underscore"] = str(tmp_path / "double.safetensors")
+    files.update(_outputs(tmp_path))
+    for name, path in files.items():
+        result = run_child(_KEYMAP_CHILD, path)
+        if "missing" in result:
+            pytest.skip(f"ComfyUI's comfy.lora needs {result['missing']!r}, not installed here")
+        lora = LoraFile.open(path)
+        report = next(r for r in loader_reports(lora) if r.loader == "comfyui")
+        skipped = {m for group in report.skipped for m in group.modules}
+        assert _patched_modules(result["patched"]) == set(lora.modules) - skipped, (name, report.summary())
