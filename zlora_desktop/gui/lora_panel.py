@@ -23,6 +23,7 @@ from ..core.document import FAILED, LOADING, double_counting_reason
 from .desktop import reveal_or_explain
 from .entries import (COL_BLOCKS, COL_FORMAT, COL_NAME, COL_ON, COL_RANK, COL_RATIO, COL_SIZE, blocks_detail,
                       human_size, rank_text)
+from .loader_line import loader_label, show_reports
 from .tooltips import rich_tooltip
 
 RATIO_LIMIT = 10.0  # what the spin box accepts, either sign
@@ -442,6 +443,8 @@ class LoraPanel(QWidget):
         self.details.setTextFormat(Qt.TextFormat.RichText)
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.details.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # wraps, never widens
+        self.loaders_line = loader_label()  # what each loader applies of the current file
+        self._loaders_of = (None, [])  # (LoraFile, its loader reports): computed once per file
 
         buttons = QHBoxLayout()
         buttons.setContentsMargins(0, 0, 0, 0)
@@ -457,6 +460,7 @@ class LoraPanel(QWidget):
         layout.addWidget(self.view, 1)
         layout.addWidget(self.current_ratio_editor)
         layout.addWidget(self.details)
+        layout.addWidget(self.loaders_line)
         editor = self.current_ratio_editor
         chain = [self.add_button, self.add_folder_button, self.remove_button, self.up_button, self.down_button,
                  self.view, editor.spin, editor.slider, editor.reset_button]
@@ -488,13 +492,13 @@ class LoraPanel(QWidget):
     def _chrome_height(self, detail_lines: int) -> int:
         """Everything but the table: margins, the button row, the ratio editor, the details."""
         margins = self.layout().contentsMargins()
-        return (margins.top() + margins.bottom() + 3 * self.layout().spacing()
+        return (margins.top() + margins.bottom() + 4 * self.layout().spacing()
                 + self.add_button.sizeHint().height() + self.current_ratio_editor.sizeHint().height()
                 + detail_lines * self.fontMetrics().lineSpacing())
 
     def sizeHint(self) -> QSize:
-        # Three lines of details: the file's facts and a wrapped warning or reason.
-        return QSize(900, self._rows_height(TABLE_ROWS) + self._chrome_height(3))
+        # Four lines under the table: the file's facts, a wrapped warning or reason, the loaders.
+        return QSize(900, self._rows_height(TABLE_ROWS) + self._chrome_height(4))
 
     def minimumSizeHint(self) -> QSize:
         return QSize(420, self._rows_height(2) + self._chrome_height(1))
@@ -538,7 +542,18 @@ class LoraPanel(QWidget):
         self.current_ratio_editor.show_entry(entry)
         self.details.setText(entry_details(entry) if entry is not None else "")
         self.details.setVisible(entry is not None)
+        show_reports(self.loaders_line, self._loader_reports(entry))
         self._update_buttons()
+
+    def _loader_reports(self, entry) -> list:
+        lora = getattr(entry, "lora", None) if entry is not None and entry.state not in (LOADING, FAILED) else None
+        if lora is None:
+            return []
+        if self._loaders_of[0] is not lora:  # from the header already read: no file access
+            from ..core.loaders import loader_reports
+
+            self._loaders_of = (lora, loader_reports(lora))
+        return self._loaders_of[1]
 
     # ---- selection ----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ class MergeWorker(QObject):
 
     progress = Signal(int, int, str)  # done, total, current module
     succeeded = Signal(object)  # MergeReport
+    outputLoaders = Signal(str, object)  # output path, what each loader applies of it (before succeeded)
     failed = Signal(str)  # the engine's one-line message
     cancelled = Signal()
     finished = Signal()
@@ -55,6 +56,7 @@ class MergeWorker(QObject):
             log.exception("merge failed unexpectedly")
             self.failed.emit(f"unexpected error: {exc}")
         else:
+            self._tell_loaders(report.output)
             self.succeeded.emit(report)
         finally:
             # Back to the GUI thread before the last signal, so that the controller dropping its
@@ -65,6 +67,18 @@ class MergeWorker(QObject):
     def _progress(self, done: int, total: int, module: str) -> None:
         self.progress.emit(done, total, module)
 
+    def _tell_loaders(self, output: str) -> None:
+        """What each loader applies of the file just written, read from its header (here, off the GUI thread)."""
+        from ..core.loaders import loader_reports
+        from ..core.lora_file import LoraFile
+
+        try:
+            lora = LoraFile.open(output)
+        except ZLoraError:  # the file was written; a report about it is a bonus, never a failure
+            log.exception("cannot read back %s for the loader report", output)
+            return
+        self.outputLoaders.emit(output, loader_reports(lora))
+
 
 class MergeController(QObject):
     """Owns the merge thread; lives in the GUI thread, so its slots run there."""
@@ -72,6 +86,7 @@ class MergeController(QObject):
     started = Signal(object)  # Recipe
     progress = Signal(int, int, str)
     succeeded = Signal(object)  # MergeReport
+    outputLoaders = Signal(str, object)  # output path, [core.loaders.LoaderReport]
     failed = Signal(str)
     cancelled = Signal()
     busyChanged = Signal(bool)
@@ -100,6 +115,7 @@ class MergeController(QObject):
         worker.moveToThread(self._thread)
         worker.progress.connect(self._on_progress)
         worker.succeeded.connect(self._on_succeeded)
+        worker.outputLoaders.connect(self._on_output_loaders)
         worker.failed.connect(self._on_failed)
         worker.cancelled.connect(self._on_cancelled)
         worker.finished.connect(self._on_finished)
@@ -134,6 +150,10 @@ class MergeController(QObject):
     @Slot(object)
     def _on_succeeded(self, report) -> None:
         self.succeeded.emit(report)
+
+    @Slot(str, object)
+    def _on_output_loaders(self, output: str, reports) -> None:
+        self.outputLoaders.emit(output, reports)
 
     @Slot(str)
     def _on_failed(self, message: str) -> None:

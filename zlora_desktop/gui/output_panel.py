@@ -16,6 +16,7 @@ from ..core import options
 from ..core.errors import ZLoraError
 from .desktop import reveal_in_folder
 from .entries import human_size
+from .loader_line import loader_label, show_reports
 from .tooltips import rich_tooltip, wrap_long_tooltips
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ class OutputPanel(QWidget):
         self.result.setWordWrap(True)
         self.result.setTextFormat(Qt.TextFormat.RichText)
         self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.loaders_line = loader_label()  # what each loader applies of the file written
         self.show_button = QPushButton("Show in folder")
         self.show_button.setEnabled(False)
         self.show_button.clicked.connect(self.show_in_folder)
@@ -216,6 +218,7 @@ class OutputPanel(QWidget):
         bottom.addLayout(actions)
         bottom.addWidget(self.progress)
         bottom.addLayout(result_row)
+        bottom.addWidget(self.loaders_line)
         bottom.addWidget(self.log_view, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 4)
@@ -239,6 +242,7 @@ class OutputPanel(QWidget):
         controller.started.connect(self._on_started)
         controller.progress.connect(self._on_progress)
         controller.succeeded.connect(self._on_succeeded)
+        controller.outputLoaders.connect(self._on_output_loaders)
         controller.failed.connect(self._on_failed)
         controller.cancelled.connect(self._on_cancelled)
         controller.busyChanged.connect(self._update_state)
@@ -370,6 +374,7 @@ class OutputPanel(QWidget):
         self.last_report = None
         self.last_outcome = "reset"
         self.result.clear()
+        show_reports(self.loaders_line, None)
         self.show_button.setEnabled(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -429,6 +434,7 @@ class OutputPanel(QWidget):
         self.progress.setRange(0, 0)  # busy until the first module
         self.progress.setFormat("opening inputs…")
         self.show_button.setEnabled(False)
+        show_reports(self.loaders_line, None)
         self._set_result("Merging…")
 
     def _on_progress(self, done: int, total: int, module: str) -> None:
@@ -459,6 +465,13 @@ class OutputPanel(QWidget):
         self.show_button.setEnabled(True)
         self.session.message.emit(f"Wrote {report.output}")
         self.mergeFinished.emit("ok")
+
+    def _on_output_loaders(self, output: str, reports) -> None:
+        # Emitted before the merge's success: kept until a new merge, document or failure clears it.
+        show_reports(self.loaders_line, reports)
+        for report in reports:
+            if not report.complete:
+                self.log(f"{os.path.basename(output)}: {report.summary()}")
 
     def _on_failed(self, message: str) -> None:
         self.last_outcome = "failed"
