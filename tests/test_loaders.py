@@ -138,3 +138,17 @@ def test_inspect_prints_and_serialises_the_loader_lines(capsys, tmp_path):
     assert (comfy["applied"], comfy["total"]) == (16, 32)
     assert comfy["skipped"][0]["example"] == "lora_unet_layers_0_attention_to_q"
     assert len(comfy["skipped"][0]["modules"]) == 16
+
+
+def test_the_kohya_format_caveat_names_what_comfyui_skips(tmp_path):
+    """The warning shown when the kohya format is chosen agrees with the loader table."""
+    from zlora_desktop.core.options import FORMAT_CAVEATS
+
+    source = sample(tmp_path, "aitoolkit", others=True)
+    comfy = reports_of(_merged(tmp_path, [(source, "")], "kohya"))["comfyui"]
+    skipped = {m for group in comfy.skipped for m in group.modules}
+    components, text = FORMAT_CAVEATS["kohya"]
+    assert {model.split_module(m)[1] for m in skipped if model.split_module(m)} == set(components)
+    others = {m for m in skipped if model.split_module(m) is None}
+    assert others == {"all_x_embedder.2-1", "all_final_layer.2-1.linear", "all_final_layer.2-1.adaLN_modulation.1"}
+    assert "x embedder and final layer" in text
