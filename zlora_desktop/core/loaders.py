@@ -47,7 +47,7 @@ class KeyForm:
 @dataclass(frozen=True)
 class Form:
     """A key form a loader maps: keys ``<prefix><module name>`` with these names and suffixes,
-    optionally only in files that meet a condition (see ``_CONDITIONS``)."""
+    optionally only in files that meet a condition (see ``_file_conditions``)."""
 
     prefix: str
     names: str  # "diffusers", "comfy", or "comfy blocks" (ComfyUI names of block modules only)
@@ -72,8 +72,7 @@ class Loader:
     basis: str = ""  # where the facts come from (docs/FORMATS.md has the details)
 
 
-# ComfyUI's module names map with these prefixes; its diffusers-name map (z_image_to_diffusers) with these.
-_ALL_LORA = LORA_SUFFIXES
+_ANY_SUFFIX = LORA_SUFFIXES + ("lokr", "loha", "diff")
 _ALL_KINDS = ("lora", "loha", "lokr", "lokr-full", "diff")
 
 LOADERS: tuple[Loader, ...] = (
@@ -81,13 +80,13 @@ LOADERS: tuple[Loader, ...] = (
         "comfyui", "ComfyUI",
         forms=(
             # model_lora_keys_unet: every weight of its own model as lora_unet_<name> and diffusion_model.<name>
-            Form("lora_unet_", "comfy", "_", _ALL_LORA + ("lokr", "loha", "diff")),
-            Form("diffusion_model.", "comfy", ".", _ALL_LORA + ("lokr", "loha", "diff")),
+            Form("lora_unet_", "comfy", "_", _ANY_SUFFIX),
+            Form("diffusion_model.", "comfy", ".", _ANY_SUFFIX),
             # ... and, for Lumina2/Z-Image, the diffusers names under four prefixes
-            Form("diffusion_model.", "diffusers", ".", _ALL_LORA + ("lokr", "loha", "diff")),
-            Form("transformer.", "diffusers", ".", _ALL_LORA + ("lokr", "loha", "diff")),
-            Form("lycoris_", "diffusers", "_", _ALL_LORA + ("lokr", "loha", "diff")),
-            Form("", "diffusers", ".", _ALL_LORA + ("lokr", "loha", "diff")),
+            Form("diffusion_model.", "diffusers", ".", _ANY_SUFFIX),
+            Form("transformer.", "diffusers", ".", _ANY_SUFFIX),
+            Form("lycoris_", "diffusers", "_", _ANY_SUFFIX),
+            Form("", "diffusers", ".", _ANY_SUFFIX),
         ),
         kinds=_ALL_KINDS,
         header_alpha=False,
@@ -100,10 +99,10 @@ LOADERS: tuple[Loader, ...] = (
         forms=(
             # _convert_non_diffusers_z_image_lora_to_diffusers: strips diffusion_model. / lora_unet_,
             # re-dots kohya stems, splits a fused qkv, renames attention.out, folds .alpha in.
-            Form("diffusion_model.", "diffusers", ".", _ALL_LORA),
+            Form("diffusion_model.", "diffusers", ".", LORA_SUFFIXES),
             Form("lora_unet_", "diffusers", "_", ("lora_down",)),
             Form("lora_unet_", "comfy blocks", "_", ("lora_down",)),
-            Form("", "diffusers", ".", _ALL_LORA, when="converted"),
+            Form("", "diffusers", ".", LORA_SUFFIXES, when="converted"),
             # transformer.<m> reaches PEFT as it is (alpha from the header) unless the file is
             # converted: then it gets a second transformer. prefix and maps nothing.
             Form("transformer.", "diffusers", ".", ("lora_A",), when="not converted"),
@@ -195,7 +194,7 @@ class LoaderReport:
         lines = [f"skips {len(group.modules)}: {group.reason} ({_module_list(group.modules)}"
                  + (f"; e.g. {group.example})" if group.example else ")") for group in self.skipped]
         if not self.modelled:
-            lines.append("key names not checked for this loader (assumed mapped)")
+            lines.append("its key names and module kinds are not modelled here: assumed applied")
         return lines
 
     def as_dict(self) -> dict:
@@ -239,7 +238,7 @@ def key_forms(lora) -> dict[str, list[KeyForm]]:
     for module, info in lora.modules.items():
         chosen = info.key_a if info.kind == "lora" else next(iter(info.tensors.values()))
         forms = list(stems.get(module, {}).values())
-        forms.sort(key=lambda f: not chosen.startswith(f.stem))
+        forms.sort(key=lambda f: not chosen.startswith(f.stem + "."))
         ordered[module] = forms
     return ordered
 

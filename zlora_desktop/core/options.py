@@ -40,7 +40,7 @@ DEFAULT_SVD_RANK = 64
 # format is chosen and again after a merge: format -> (components the loader misses, the warning).
 # (core/loaders.py decides the same per file, from LOADERS; tests/test_loaders.py keeps the two agreeing.)
 FORMAT_CAVEATS = {
-    "kohya": (("q", "k", "v", "out"), "ComfyUI does not load the attention keys of the kohya format "
+    "kohya": (("q", "k", "v", "out"), "ComfyUI does not load the split attention keys of the kohya format "
               "(its Z-Image model has a fused qkv and names out attention.out): q, k, v and out would be "
               "ignored there, and so would the x embedder and final layer. "
               "For ComfyUI write 'comfyui' or 'aitoolkit'."),
