@@ -270,9 +270,12 @@ def test_kohya_output_warns_that_comfyui_skips_its_attention_unless_attention_is
     code, text, _ = run_cli(capsys, "merge", a, "--ratio", "1", "--format", "kohya", "-o", out)
     assert code == 0
     assert "warning: format kohya: ComfyUI does not load the split attention keys" in text
-    # With q, k and v at weight 0 nothing is lost in ComfyUI: no warning.
+    # With the attention (q, k, v and out) at weight 0 nothing is lost in ComfyUI: no warning.
     code, text, _ = run_cli(capsys, "merge", a, "--ratio", "1", "--format", "kohya", "--weights", "qkv=0",
                             "-o", tmp_path / "k2.safetensors")
+    assert code == 0 and "ComfyUI does not load" in text  # out is lost there too
+    code, text, _ = run_cli(capsys, "merge", a, "--ratio", "1", "--format", "kohya", "--weights", "attn=0",
+                            "-o", tmp_path / "k3.safetensors")
     assert code == 0 and "ComfyUI" not in text
     code, text, _ = run_cli(capsys, "merge", a, "--ratio", "1", "--format", "comfyui", "-o", tmp_path / "c.safetensors")
     assert code == 0 and "ComfyUI" not in text

@@ -548,6 +548,7 @@ class LoraPanel(QWidget):
     def _loader_reports(self, entry) -> list:
         lora = getattr(entry, "lora", None) if entry is not None and entry.state not in (LOADING, FAILED) else None
         if lora is None:
+            self._loaders_of = (None, [])  # holds no file of a removed entry
             return []
         if self._loaders_of[0] is not lora:  # from the header already read: no file access
             from ..core.loaders import loader_reports
