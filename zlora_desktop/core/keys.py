@@ -97,8 +97,8 @@ for _canonical, _alias in model.OTHER_MODULES.items():
         _OTHER_PATHS[_name] = _canonical
         _OTHER_PATHS[_name.replace(".", "_")] = _canonical
 
-_DOTTED_BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
-_UNDERSCORE_BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)_(\d+)_(.+)$")
+_DOTTED_BLOCK = re.compile(rf"^({model.BLOCK_PREFIX_PATTERN})\.(\d+)\.(.+)$")
+_UNDERSCORE_BLOCK = re.compile(rf"^({model.BLOCK_PREFIX_PATTERN})_(\d+)_(.+)$")
 
 # Key fragments of other model families, for a helpful refusal.
 FOREIGN_SIGNATURES = (
