@@ -19,7 +19,9 @@ def test_documented_example():
     assert w.get("L12", "q") == 1.0
     assert w.get("L16", "w2") == 1.3 and w.get("L16", "q") == 1.0 and w.get("L25", "w2") == 1.0
     assert all(w.get(b, c) == 0 for b in model.TURBO_REFINER_BLOCKS for c in model.COMPONENTS)
-    assert all(w.get(b, c) == 1 for b in model.SIGLIP_BLOCKS for c in model.COMPONENTS)  # NR, CR: not SR
+    assert all(w.get(b, c) == 1 for b in model.SIGLIP_BLOCKS for c in model.COMPONENTS  # NR, CR: not SR
+               if model.has_cell(b, c))
+    assert not model.has_cell("SR0", "adaLN") and model.has_cell("SR0", "q") and model.has_cell("NR1", "adaLN")
     assert w.other == 1.0
 
 
