@@ -43,3 +43,10 @@ FORMAT_CAVEATS = {
               "(its Z-Image model has fused qkv): q, k and v would be ignored there. "
               "For ComfyUI write 'comfyui' or 'aitoolkit'."),
 }
+
+
+def siglip_caveat(count: int) -> str:
+    """The output formats other than comfyui name Omni's siglip refiners as diffusers does, and
+    ComfyUI maps those blocks only by its own names (docs/FORMATS.md, "Model variants")."""
+    return (f"ComfyUI does not apply the {count} siglip-refiner modules (SR0/SR1, Z-Image-Omni-Base) written "
+            "here under diffusers names; for ComfyUI write 'comfyui'.")

@@ -145,10 +145,10 @@ class BlockWeights:
             values.append(row.pop())
         if size == 30 and self._weighted(model.TURBO_REFINER_BLOCKS):
             raise ZLoraError("refiner blocks are weighted; use the 34-value LBW form")
-        return values
+        return values  # "other" (and SR in 30/34) has no place in a vector: lbw_left_out says so
 
     def _weighted(self, blocks) -> bool:
-        return any(self.cells[(b, c)] != 1.0 for b in blocks for c in model.COMPONENTS if not _absent(b, c))  # "other" has no place in a vector: lbw_left_out says so
+        return any(self.cells[(b, c)] != 1.0 for b in blocks for c in model.COMPONENTS if not _absent(b, c))
 
     def lbw_left_out(self, size: int = 34) -> str | None:
         """What an LBW vector of these weights leaves out, in words (None when nothing)."""
