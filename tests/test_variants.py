@@ -18,7 +18,6 @@ from zlora_desktop.core.lora_file import LoraFile
 from zlora_desktop.core.merge import merge
 from zlora_desktop.core.recipe import Recipe, RecipeInput
 from zlora_desktop.core.sample import EXPANDED, LAYOUTS, SampleSpec, write_sample
-from zlora_desktop.core.weights import BlockWeights
 
 SIGLIP_COMPONENTS = ("q", "k", "v", "out", "w1", "w2", "w3")  # no adaLN, as the context refiners
 
