@@ -37,7 +37,7 @@ def test_every_grid_value_fits_its_column_with_a_margin(qtbot, window_1280):
     assert window.presets.width() >= window.presets.minimumSizeHint().width() - 1  # the dock really is beside
     assert not grid.horizontalScrollBar().isVisible()  # all 34 columns on screen
     metrics = QFontMetrics(grid.font())
-    for column, block in enumerate(zit.BLOCKS):
+    for column, block in enumerate(zit.TURBO_BLOCKS):  # a Turbo file: no siglip refiner columns
         text = model.data(model.index_of(block, "q"))
         assert text == "1.25"
         assert metrics.horizontalAdvance(text) + MARGIN <= grid.columnWidth(column), (block, grid.columnWidth(column))

@@ -217,9 +217,17 @@ class LoraFile:
         return f"{self.variant_label} ({self.variant_evidence})" if self.variant_evidence else self.variant_label
 
     @property
+    def model_blocks(self) -> tuple[str, ...]:
+        """The blocks of the model the file targets: Turbo's 34, or all 36 when it is for Omni (or
+        holds the siglip refiners whatever else it is)."""
+        if self.variant == "omni" or any(b in model.SIGLIP_BLOCKS for b in self.blocks):
+            return model.BLOCKS
+        return model.TURBO_BLOCKS
+
+    @property
     def block_coverage(self) -> str:
-        """``30/34``: blocks present of the blocks the file's model variant has."""
-        return f"{len(self.blocks)}/{len(model.variant_blocks(self.variant))}"
+        """``30/34``: blocks present of the blocks of the model the file targets."""
+        return f"{len(self.blocks)}/{len(self.model_blocks)}"
 
     @property
     def ranks(self) -> Counter:

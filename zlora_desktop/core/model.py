@@ -58,11 +58,6 @@ def has_cell(block: str, component: str) -> bool:
     return not (block.startswith(("CR", "SR")) and component == "adaLN")
 
 
-def variant_blocks(variant: str) -> tuple[str, ...]:
-    """The blocks a model variant has: Omni adds SR0/SR1 to Turbo's 34 (pixel-space: Turbo's trunk)."""
-    return BLOCKS if variant == "omni" else TURBO_BLOCKS
-
-
 # Every (block, component) cell of the weight grid, in model order, absent ones included
 # (a grid keeps a value there so that every block has eight cells); CELLS_PRESENT leaves them out.
 ALL_CELLS = tuple((b, c) for b in BLOCKS for c in COMPONENTS)
