@@ -605,21 +605,19 @@ def _variant(modules: dict[str, ModuleInfo], unknown: list[str]) -> tuple[str, s
 
 
 def _comfyui_siglip_warning(modules: dict[str, ModuleInfo], parsed: dict[str, keys.ParsedKey]) -> list[str]:
-    """Siglip-refiner modules stored under names ComfyUI does not map (it applies none of them)."""
+    """Siglip-refiner modules stored under names ComfyUI does not map (it leaves them out)."""
     siglip = [m for m in modules if (model.split_module(m) or ("",))[0] in model.SIGLIP_BLOCKS]
     skipped = []
     for module in siglip:
         key = modules[module].key_a
-        if keys.comfyui_skips(key[: -len(parsed[key].suffix)], module):
-            skipped.append(key)
+        stem = key[: -len(parsed[key].suffix)]
+        if keys.comfyui_skips(stem, module):
+            skipped.append(stem)
     if not skipped:
         return []
     count = "none" if len(skipped) == len(siglip) else f"{len(siglip) - len(skipped)}"
-    return [f"ComfyUI applies {count} of the {len(siglip)} siglip-refiner modules (SR0/SR1, Z-Image-Omni-Base): "
-            f"{len(skipped)} carry names ComfyUI does not map for these blocks (e.g. {skipped[0]!r}); it maps "
-            "them only by its "
-            "own names (diffusion_model.siglip_refiner.N.attention.qkv, attention.out, feed_forward.w1-w3, or "
-            "their lora_unet_ form). Written as 'comfyui', a merge carries them in those names"]
+    return [f"ComfyUI applies {count} of the {len(siglip)} siglip-refiner modules (SR0/SR1): it knows these blocks "
+            f"only by its own names, not e.g. {skipped[0]!r}; merged as 'comfyui', they load there"]
 
 
 def _foreign_message(names: list[str]) -> str:
