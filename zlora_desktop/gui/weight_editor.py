@@ -873,16 +873,19 @@ above, <code>L05.adaLN</code> is 0.8 × 0.5 = 0.4, <code>L16.w2</code> is 1.3, <
 <li><code>default</code>, <code>all</code> or <code>*</code>: every cell and <code>other</code> (embedders, final
 layer); <code>other</code>: only those.</li>
 <li>Blocks: <code>L05</code> (or <code>L5</code>), ranges in model order <code>L00-L09</code>, groups
-<code>L</code> (all 30 layers), <code>NR</code>, <code>CR</code>, <code>refiners</code>.</li>
+<code>L</code> (all 30 layers), <code>NR</code>, <code>CR</code>, <code>SR</code>, <code>refiners</code> (all three).
+<code>SR0</code>, <code>SR1</code> are Z-Image-Omni-Base's siglip refiners: they weight only files that have
+them (the grid shows their columns for such a file).</li>
 <li>Components: <code>adaLN q k v out w1 w2 w3</code>, groups <code>attn</code> (q,k,v,out), <code>ff</code>
 (w1,w2,w3), <code>qkv</code>.</li>
 <li>Lists match every named block × every named component: <code>L00,L05=0.5</code>, <code>q,k=1.2</code>;
 <code>BLOCKS.COMPONENTS</code> narrows both: <code>L16-L24.w1,w2,w3=1.3</code>, <code>NR.attn=0</code>.</li>
 <li>A preset and weights together: the preset's grid first, the weights' rules on top.</li>
-<li>Context refiners have no adaLN; their adaLN cell matches nothing.</li>
+<li>Context and siglip refiners have no adaLN; their adaLN cell matches nothing.</li>
 </ul>
-<p>LBW vectors (Presets ▸ Import/Export): <code>NAME:v1,…,v30</code> (layers L00…L29; refiners stay 1) or
-<code>NAME:v1,…,v34</code> (NR0, NR1, CR0, CR1, then L00…L29).</p>
+<p>LBW vectors (Presets ▸ Import/Export): <code>NAME:v1,…,v30</code> (layers L00…L29; refiners stay 1),
+<code>NAME:v1,…,v34</code> (NR0, NR1, CR0, CR1, then L00…L29; SR stays 1) or <code>NAME:v1,…,v36</code>
+(NR0, NR1, CR0, CR1, SR0, SR1, then L00…L29).</p>
 <p>In the editor, type the rules in the line under the grid; Enter (or leaving the line) applies them, and the
 line is rewritten in the engine's own form.</p>
 """
