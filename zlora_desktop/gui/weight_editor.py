@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from PySide6.QtCore import QAbstractTableModel, QEvent, QModelIndex, QSize, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QEvent, QItemSelectionModel, QModelIndex, QSize, Qt, Signal
 from PySide6.QtGui import (QBrush, QColor, QDoubleValidator, QFont, QFontDatabase, QFontInfo, QFontMetrics, QPainter,
                            QPalette, QPen)
 from PySide6.QtWidgets import (QAbstractItemDelegate, QAbstractItemView, QApplication, QDialog, QDialogButtonBox,
@@ -337,6 +337,7 @@ class WeightGridView(QTableView):
             header.customContextMenuRequested.connect(self._header_menu)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.customContextMenuRequested.connect(self._cell_menu)
+        self.selectionModel().currentChanged.connect(self._skip_absent_cell)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setToolTip(tip("Double-click or type a number to set a cell (or every selected cell); Delete resets "
                             "the selection to 1. Click a header to select a whole row or column. Arrow keys move "
@@ -372,6 +373,18 @@ class WeightGridView(QTableView):
             font.setPointSizeF(points)
         if font.pointSizeF() != self.font().pointSizeF():
             self.setFont(font)
+
+    def _skip_absent_cell(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        """A block's header click makes its first row current: for a context or siglip refiner that
+        is the adaLN cell it lacks, where a typed value would go nowhere. Its first real cell instead."""
+        model = self.model()
+        if not current.isValid() or model.flags(current) != Qt.ItemFlag.NoItemFlags:
+            return
+        for row in range(model.rowCount()):
+            index = model.index(row, current.column())
+            if model.flags(index) != Qt.ItemFlag.NoItemFlags:
+                self.selectionModel().setCurrentIndex(index, QItemSelectionModel.SelectionFlag.NoUpdate)
+                return
 
     def selected_cells(self) -> list[tuple[str, str]]:
         cells = [self.model().cell(i) for i in self.selectionModel().selectedIndexes()]
