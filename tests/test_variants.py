@@ -97,16 +97,16 @@ def test_weights_on_sr_blocks_reach_the_output_exactly(tmp_path, fmt, method):
     # …and the written file is still an Omni file, in the output format's names.
     written = LoraFile.open(out)
     assert written.variant == "omni" and written.blocks[:2] == ["SR0", "SR1"]
-    comfy_warnings = [w for w in report.warnings if w.startswith("format ") and "siglip-refiner" in w]
+    comfy_warnings = [w for w in report.warnings if w.startswith("format ") and "siglip" in w]
     if fmt == "comfyui":  # ComfyUI's own names: nothing to warn about
         assert comfy_warnings == [] and not any("siglip" in w for w in written.warnings)
     else:
         skipped = 14 if fmt == "diffusers" else 8  # q, k, v, out of SR0 and SR1 (the FFN shares its names)
-        assert comfy_warnings == [f"format {fmt}: ComfyUI does not apply the {skipped} siglip-refiner modules "
-                                  "(SR0/SR1, Z-Image-Omni-Base) written here under diffusers names; for ComfyUI "
-                                  "write 'comfyui'."]
+        assert comfy_warnings == [f"format {fmt}: ComfyUI does not apply the {skipped} siglip modules "
+                                  "(Z-Image-Omni-Base: SR0/SR1, siglip_embedder) written here under diffusers "
+                                  "names; for ComfyUI write 'comfyui'."]
         applied = "none" if skipped == 14 else str(14 - skipped)
-        assert any(w.startswith(f"ComfyUI applies {applied} of the 14 siglip-refiner modules")
+        assert any(w.startswith(f"ComfyUI applies {applied} of the 14 siglip modules")
                    for w in written.warnings)
 
 
@@ -179,13 +179,28 @@ def test_variant_from_keys_and_shapes(tmp_path, extra, variant, evidence):
 def test_comfyui_warning_counts_the_siglip_modules_it_does_not_map(tmp_path, layout, skipped, example):
     path = tmp_path / f"{layout}.safetensors"
     write_sample(path, SampleSpec(layout=layout, rank=2, layers=1, variant="omni", dtype="fp32"))
-    warnings = [w for w in LoraFile.open(path).warnings if "siglip-refiner" in w]
+    warnings = [w for w in LoraFile.open(path).warnings if "siglip" in w]
     if not skipped:
         assert warnings == []
     else:
         applied = "none" if skipped == 14 else str(14 - skipped)
-        assert warnings == [f"ComfyUI applies {applied} of the 14 siglip-refiner modules (SR0/SR1): it knows these "
-                            f"blocks only by its own names, not e.g. {example!r}; merged as 'comfyui', they load there"]
+        assert warnings == [f"ComfyUI applies {applied} of the 14 siglip modules (SR0/SR1, siglip_embedder): it "
+                            f"knows these only by its own names, not e.g. {example!r}; merged as 'comfyui', they "
+                            "load there"]
+
+
+@pytest.mark.parametrize("prefix,skipped", [("diffusion_model.", False), ("transformer.", True),
+                                            ("lora_unet_", False)])
+def test_comfyui_maps_the_siglip_embedder_only_by_its_own_names(tmp_path, prefix, skipped):
+    path = tmp_path / "embedder.safetensors"
+    name = "siglip_embedder.1" if prefix != "lora_unet_" else "siglip_embedder_1"
+    tensors = {f"{prefix}{name}.lora_A.weight": torch.randn(2, 48), f"{prefix}{name}.lora_B.weight": torch.randn(64, 2),
+               "diffusion_model.layers.0.attention.to_q.lora_A.weight": torch.randn(2, 64),
+               "diffusion_model.layers.0.attention.to_q.lora_B.weight": torch.randn(64, 2)}
+    save_file(tensors, str(path))
+    lora = LoraFile.open(path)
+    assert lora.variant == "omni" and "siglip_embedder.1" in lora.modules
+    assert any(w.startswith("ComfyUI applies none of the 1 siglip modules") for w in lora.warnings) is skipped
 
 
 _COMFY_KEY_MAP = r"""
@@ -220,7 +235,9 @@ def test_comfyui_maps_diffusers_names_of_every_block_but_the_siglip_refiners(tmp
         comfy_maps = module in mapped or model.split_module(module)[1] in ("w1", "w2", "w3") and \
             module.startswith("siglip_refiner.")  # FFN: the same name in ComfyUI's own model
         assert keys.comfyui_skips(f"diffusion_model.{module}", module) is (not comfy_maps), module
-    assert not any(m.startswith("siglip_refiner.") for m in mapped) and "context_refiner.1.attention.to_q" in mapped
+    assert not any(m.startswith("siglip") for m in mapped) and "context_refiner.1.attention.to_q" in mapped
+    assert keys.comfyui_skips("transformer.siglip_embedder.1", "siglip_embedder.1")
+    assert not keys.comfyui_skips("transformer.cap_embedder.1", "cap_embedder.1") and "cap_embedder.1" in mapped
 
 
 # ---- the command line -----------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def test_details_line_and_tooltip_name_the_model_and_what_comfyui_skips(qtbot, o
     text = html.unescape(panel.details.text())
     assert "for Z-Image-Omni-Base" in text and "blocks NR0-L29" in text
     # AI-Toolkit's diffusers names for SR q, k, v, out: ComfyUI skips those 8 of the 14.
-    assert "ComfyUI applies 6 of the 14 siglip-refiner modules (SR0/SR1)" in text
+    # (the siglip embedder, under diffusion_model., it does map).
+    assert "ComfyUI applies 7 of the 15 siglip modules (SR0/SR1, siglip_embedder)" in text
     window.session.set_current(turbo.id)
     assert "for Z-Image Turbo/Base" in html.unescape(panel.details.text())
     from zlora_desktop.gui.entries import entry_tooltip

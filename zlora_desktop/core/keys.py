@@ -222,23 +222,29 @@ def describe_layout(prefix: str, suffix: str, fused: bool, has_alpha: bool) -> s
 
 # ---- what ComfyUI maps ----------------------------------------------------------------------
 
-# ComfyUI maps Omni's siglip refiners only by its own module names: its Z-Image key map
-# (comfy/utils.py z_image_to_diffusers, used by comfy/lora.py) covers the diffusers names of the
-# layers and the noise/context refiners, not of siglip_refiner. Its own names are reached as
-# ``diffusion_model.<name>`` and ``lora_unet_<name with underscores>`` (every model key is).
+# ComfyUI maps Omni's own modules (the siglip refiners and embedder) only by its own names: its
+# Z-Image key map (comfy/utils.py z_image_to_diffusers, used by comfy/lora.py) covers the diffusers
+# names of the layers, the noise/context refiners and the Turbo embedders, not of siglip_*. Its own
+# names are reached as ``diffusion_model.<name>`` and ``lora_unet_<name with underscores>`` (every
+# model key is).
 _COMFY_SIGLIP_PATHS = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
-_COMFY_SIGLIP_STEMS = frozenset(
-    stem for index in range(model.N_REFINERS) for path in _COMFY_SIGLIP_PATHS
-    for stem in (f"diffusion_model.siglip_refiner.{index}.{path}",
-                 "lora_unet_" + f"siglip_refiner.{index}.{path}".replace(".", "_")))
+_COMFY_OMNI_NAMES = [f"siglip_refiner.{index}.{path}" for index in range(model.N_REFINERS)
+                     for path in _COMFY_SIGLIP_PATHS] + list(model.OMNI_OTHER_MODULES.values())
+_COMFY_OMNI_STEMS = frozenset(stem for name in _COMFY_OMNI_NAMES
+                              for stem in (f"diffusion_model.{name}", "lora_unet_" + name.replace(".", "_")))
+
+
+def omni_only(module: str) -> bool:
+    """Whether a canonical module exists only in Z-Image-Omni-Base (siglip refiners, siglip embedder)."""
+    split = model.split_module(module)
+    return module in model.OMNI_OTHER_MODULES or (split is not None and split[0] in model.SIGLIP_BLOCKS)
 
 
 def comfyui_skips(stem: str, module: str) -> bool:
     """Whether ComfyUI leaves out a canonical module stored under this key stem (the key without its
-    suffix; a fused qkv stem for q, k, v): true for a siglip-refiner module (SR0/SR1) named other
-    than by ComfyUI's own names."""
-    split = model.split_module(module)
-    return split is not None and split[0] in model.SIGLIP_BLOCKS and stem not in _COMFY_SIGLIP_STEMS
+    suffix; a fused qkv stem for q, k, v): true for an Omni-only module named other than by
+    ComfyUI's own names."""
+    return omni_only(module) and stem not in _COMFY_OMNI_STEMS
 
 
 # ---- writing ------------------------------------------------------------------------------

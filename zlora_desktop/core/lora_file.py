@@ -605,8 +605,8 @@ def _variant(modules: dict[str, ModuleInfo], unknown: list[str]) -> tuple[str, s
 
 
 def _comfyui_siglip_warning(modules: dict[str, ModuleInfo], parsed: dict[str, keys.ParsedKey]) -> list[str]:
-    """Siglip-refiner modules stored under names ComfyUI does not map (it leaves them out)."""
-    siglip = [m for m in modules if (model.split_module(m) or ("",))[0] in model.SIGLIP_BLOCKS]
+    """Omni's siglip modules stored under names ComfyUI does not map (it leaves them out)."""
+    siglip = [m for m in modules if keys.omni_only(m)]
     skipped = []
     for module in siglip:
         key = modules[module].key_a
@@ -616,8 +616,8 @@ def _comfyui_siglip_warning(modules: dict[str, ModuleInfo], parsed: dict[str, ke
     if not skipped:
         return []
     count = "none" if len(skipped) == len(siglip) else f"{len(siglip) - len(skipped)}"
-    return [f"ComfyUI applies {count} of the {len(siglip)} siglip-refiner modules (SR0/SR1): it knows these blocks "
-            f"only by its own names, not e.g. {skipped[0]!r}; merged as 'comfyui', they load there"]
+    return [f"ComfyUI applies {count} of the {len(siglip)} siglip modules (SR0/SR1, siglip_embedder): it knows "
+            f"these only by its own names, not e.g. {skipped[0]!r}; merged as 'comfyui', they load there"]
 
 
 def _foreign_message(names: list[str]) -> str:

@@ -46,7 +46,8 @@ FORMAT_CAVEATS = {
 
 
 def siglip_caveat(count: int) -> str:
-    """The output formats other than comfyui name Omni's siglip refiners as diffusers does, and
-    ComfyUI maps those blocks only by its own names (docs/FORMATS.md, "Model variants")."""
-    return (f"ComfyUI does not apply the {count} siglip-refiner modules (SR0/SR1, Z-Image-Omni-Base) written "
-            "here under diffusers names; for ComfyUI write 'comfyui'.")
+    """The output formats other than comfyui name Omni's siglip modules as diffusers does (or with
+    a ``transformer.`` prefix), and ComfyUI maps those only by its own names (docs/FORMATS.md,
+    "Model variants")."""
+    return (f"ComfyUI does not apply the {count} siglip modules (Z-Image-Omni-Base: SR0/SR1, siglip_embedder) "
+            "written here under diffusers names; for ComfyUI write 'comfyui'.")
