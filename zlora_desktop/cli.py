@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("output", help="output file, or a folder with --all-layouts")
     p.add_argument("--layout", default="aitoolkit", choices=list(LAYOUTS) + list(EXPANDED) + list(REFUSED),
-                   help="key layout (LyCORIS and full-diff layouts included; the last ones are refused kinds)")
+                   help="key layout: plain LoRA, then LoHa/LoKr/full-diff, then kinds the engine refuses "
+                        "(to see its messages)")
     p.add_argument("--all-layouts", action="store_true", help="one file per readable layout")
     p.add_argument("--variant", default="turbo", choices=tuple(model.VARIANTS),
                    help="omni: with the siglip refiners SR0/SR1 (Z-Image-Omni-Base); pixel: with LoRA keys on "
