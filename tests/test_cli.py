@@ -17,7 +17,7 @@ from zlora_desktop.cli import main
 from zlora_desktop.core.errors import CancelledError, ZLoraError
 from zlora_desktop.core.merge import merge, sha256_file
 from zlora_desktop.core.recipe import Recipe, RecipeInput
-from zlora_desktop.core.sample import SampleSpec, write_sample
+from zlora_desktop.core.sample import EXPANDED, LAYOUTS, SampleSpec, write_sample
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_presets_commands(capsys, tmp_path):
 
 def test_sample_command_writes_every_layout(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "sample", tmp_path / "demo", "--all-layouts", "--layers", "2")
-    assert code == 0 and len(out.split()) == 9
+    assert code == 0 and len(out.split()) == len(LAYOUTS) + len(EXPANDED)
     code, out, _ = run_cli(capsys, "inspect", "--no-strength", *out.split())
     assert code == 0
 

@@ -32,7 +32,7 @@ def test_reader_detects_layout_and_normalises_every_module(tmp_path, layout):
     lora = LoraFile.open(path)
     assert lora.layout == EXPECTED_LAYOUT_NAMES[layout]
     assert set(lora.modules) == set(truth)
-    assert lora.blocks == list(model.BLOCKS)
+    assert lora.blocks == list(model.TURBO_BLOCKS)
     assert lora.unknown_keys == []
     for name, (down, up, scale) in truth.items():
         a, b, read_scale = lora.load(name)

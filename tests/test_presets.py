@@ -147,8 +147,10 @@ def test_lbw_export_says_what_it_leaves_out_and_refuses_what_it_cannot_hold(tmp_
     store = PresetStore()
     out = tmp_path / "out.txt"
     notes = store.export(["layers-early", "refiners-off"], out, lbw=True)
+    siglip = ("the siglip refiners SR0, SR1 (Z-Image-Omni-Base only) are weighted but not part of a 34-value LBW "
+              "vector: read back, they are 1 (the 36-value form keeps them)")
     assert notes == ["layers-early: 'other' modules (embedders, final layer) weighted 0 are not part of an "
-                     "LBW vector: a loader applies them at full strength"]
+                     f"LBW vector: a loader applies them at full strength; {siglip}", f"refiners-off: {siglip}"]
     assert out.read_text().splitlines()[0] == "layers-early:0,0,0,0," + ",".join(["1"] * 9 + ["0"] * 21)
     store.save("q-only", "q=0")
     with pytest.raises(ZLoraError, match="preset 'q-only': block NR0 has different weights per component"):

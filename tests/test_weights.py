@@ -18,7 +18,10 @@ def test_documented_example():
     assert w.get("L12", "adaLN") == 0.5
     assert w.get("L12", "q") == 1.0
     assert w.get("L16", "w2") == 1.3 and w.get("L16", "q") == 1.0 and w.get("L25", "w2") == 1.0
-    assert all(w.get(b, c) == 0 for b in model.REFINER_BLOCKS for c in model.COMPONENTS)
+    assert all(w.get(b, c) == 0 for b in model.TURBO_REFINER_BLOCKS for c in model.COMPONENTS)
+    assert all(w.get(b, c) == 1 for b in model.SIGLIP_BLOCKS for c in model.COMPONENTS  # NR, CR: not SR
+               if model.has_cell(b, c))
+    assert not model.has_cell("SR0", "adaLN") and model.has_cell("SR0", "q") and model.has_cell("NR1", "adaLN")
     assert w.other == 1.0
 
 
@@ -41,7 +44,9 @@ def test_later_set_rule_wins_and_multiply_scales():
     ("q,k=0", [(b, c) for b in model.BLOCKS for c in ("q", "k")]),
     ("L01-L02.qkv=0", [(b, c) for b in ("L01", "L02") for c in ("q", "k", "v")]),
     ("NR.attn=0", [(b, c) for b in ("NR0", "NR1") for c in ("q", "k", "v", "out")]),
-    ("CR1-L01.w2=0", [(b, "w2") for b in ("CR1", "L00", "L01")]),
+    ("CR1-L01.w2=0", [(b, "w2") for b in ("CR1", "SR0", "SR1", "L00", "L01")]),  # forward order: SR before L
+    ("SR=0", [(b, c) for b in ("SR0", "SR1") for c in model.COMPONENTS]),
+    ("sr1.ff=0", [("SR1", c) for c in ("w1", "w2", "w3")]),
     ("adaLN_modulation=0", [(b, "adaLN") for b in model.BLOCKS]),
 ])
 def test_targets_match_exactly_their_cells(text, cells):
@@ -109,13 +114,27 @@ def test_lbw_30_and_34_value_vectors():
         "0" if v == 0 else repr(v).removesuffix(".0") for v in values30)
     values34 = [0, 0.5, 1, 0] + values30
     [(_, w34)] = parse_lbw_lines("X:" + ",".join(map(str, values34)))
-    assert [w34.get(b, "w1") for b in model.BLOCKS] == values34
+    assert [w34.get(b, "w1") for b in model.TURBO_BLOCKS] == values34
+    assert all(w34.get(b, c) == 1 for b in model.SIGLIP_BLOCKS for c in model.COMPONENTS)
     assert w34.to_lbw(34) == values34
     assert parse_lbw_lines(format_lbw_line("X", w34))[0][1] == w34
 
 
+def test_lbw_36_value_vectors_carry_the_siglip_refiners():
+    values36 = [0, 0.5, 1, 0, 0.25, 2] + [i / 10 for i in range(30)]
+    [(_, w36)] = parse_lbw_lines("OMNI:" + ",".join(map(str, values36)))
+    assert [w36.get(b, "q") for b in ("NR0", "NR1", "CR0", "CR1", "SR0", "SR1")] == values36[:6]
+    assert [w36.get(b, "w2") for b in model.LAYER_BLOCKS] == values36[6:]
+    assert w36.to_lbw(36) == values36
+    assert parse_lbw_lines(format_lbw_line("OMNI", w36, 36))[0][1] == w36
+    # The usual 34-value form leaves the weighted siglip refiners out, and says so.
+    assert w36.to_lbw() == values36[:4] + values36[6:]
+    assert "SR0, SR1" in w36.lbw_left_out() and w36.lbw_left_out(36) is None
+    assert BlockWeights.parse("NR=0").lbw_left_out() is None
+
+
 def test_lbw_refuses_what_it_cannot_hold():
-    with pytest.raises(ZLoraError, match="30 values .* or 34"):
+    with pytest.raises(ZLoraError, match="30 values .*, 34 .* or 36"):
         parse_lbw_lines("BAD:1,1,1")
     with pytest.raises(ZLoraError, match="line 2"):
         parse_lbw_lines("OK:" + ",".join(["1"] * 30) + "\nBAD:1,x")

@@ -69,11 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lbw", action="store_true")
 
     p = sub.add_parser("sample", help="write synthetic ZIT-shaped LoRAs for demos and tests")
-    from .core.sample import LAYOUTS, REFUSED
+    from .core.sample import EXPANDED, LAYOUTS, REFUSED
 
     p.add_argument("output", help="output file, or a folder with --all-layouts")
-    p.add_argument("--layout", default="aitoolkit", choices=list(LAYOUTS) + list(REFUSED))
+    p.add_argument("--layout", default="aitoolkit", choices=list(LAYOUTS) + list(EXPANDED) + list(REFUSED),
+                   help="key layout: plain LoRA, then LoHa/LoKr/full-diff, then kinds the engine refuses "
+                        "(to see its messages)")
     p.add_argument("--all-layouts", action="store_true", help="one file per readable layout")
+    p.add_argument("--variant", default="turbo", choices=tuple(model.VARIANTS),
+                   help="omni: with the siglip refiners SR0/SR1 (Z-Image-Omni-Base); pixel: with LoRA keys on "
+                        "the pixel-space decoder")
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--full-size", action="store_true", help="ZIT's real dimensions (3840 …)")
     p.add_argument("--hidden", type=int, default=64)
@@ -164,6 +169,7 @@ def cmd_inspect(args) -> int:
 def format_report(report: dict) -> str:
     lines = [f"{report['file']}",
              f"  format      {report['format']}",
+             f"  model       {report['variant_text']}",
              f"  dtype       {report['dtype']}, {report['size_bytes'] / 1e6:.1f} MB, {report['modules']} modules",
              f"  blocks      {report['block_coverage']}: {_block_summary(report['blocks'])}",
              f"  components  {', '.join(report['components']) or '-'}"]
@@ -348,15 +354,16 @@ def self_test(argv: list[str]) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .core.sample import LAYOUTS, SampleSpec, write_sample
+    from .core.sample import EXPANDED, LAYOUTS, SampleSpec, write_sample
 
     dims = dict(hidden=model.HIDDEN, ffn=model.FFN_HIDDEN, adaln_in=model.ADALN_IN) if args.full_size else \
         dict(hidden=args.hidden, ffn=args.ffn, adaln_in=args.adaln_in)
     common = dict(rank=args.rank, layers=args.layers, refiners=args.refiners, others=args.others,
-                  alpha=args.alpha, dtype=args.dtype, seed=args.seed, trigger=args.trigger, **dims)
+                  variant=args.variant, alpha=args.alpha, dtype=args.dtype, seed=args.seed, trigger=args.trigger,
+                  **dims)
     if args.all_layouts:
         os.makedirs(args.output, exist_ok=True)
-        for index, layout in enumerate(LAYOUTS):
+        for index, layout in enumerate(list(LAYOUTS) + list(EXPANDED)):
             path = os.path.join(args.output, f"sample_{layout}.safetensors")
             write_sample(path, SampleSpec(layout=layout, **{**common, "seed": args.seed + index}))
             print(path)

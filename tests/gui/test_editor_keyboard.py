@@ -70,8 +70,9 @@ def test_a_tab_cycle_in_an_effect_tab_reaches_its_presets_master_and_every_slide
     expected = {"face-layers": face.preset_buttons["face-layers"], "face-boost": face.preset_buttons["face-boost"],
                 "scale factor": face.master_spin, "Off": face.off_button, "Reset": face.reset_button,
                 "tab bar": editor.tabs.tabBar(), "weights text": editor.text}
-    expected.update({block: slider.slider for block, slider in face.sliders.items()})
-    assert _missing(expected, visited) == []
+    # Every slider shown (Omni's siglip refiners have none for this Turbo file).
+    expected.update({block: slider.slider for block, slider in face.sliders.items() if not slider.isHidden()})
+    assert len(expected) == 7 + 34 and _missing(expected, visited) == []
     # A slider reached by Tab takes the arrow keys.
     slider = face.sliders["L12"].slider
     slider.setFocus(Qt.FocusReason.TabFocusReason)

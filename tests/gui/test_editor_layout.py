@@ -8,6 +8,7 @@ from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QFontMetrics
 
 from zlora_desktop.core import model as zit
+from zlora_desktop.core.sample import SampleSpec, write_sample
 from zlora_desktop.core.weights import BlockWeights
 
 from .helpers import wait_loaded
@@ -15,9 +16,15 @@ from .helpers import wait_loaded
 MARGIN = 4  # px of a column that its text leaves free
 
 
-@pytest.fixture
-def window_1280(qtbot, window, samples):
-    window.session.add_paths([samples.style])
+@pytest.fixture(params=["turbo", "omni"])
+def window_1280(request, qtbot, window, samples, tmp_path):
+    """The window at 1280 × 800 with a Turbo file (34 blocks) or an Omni one (36: SR0, SR1 too)."""
+    path = samples.style
+    if request.param == "omni":
+        path = str(tmp_path / "omni.safetensors")
+        write_sample(path, SampleSpec(layout="aitoolkit", rank=4, refiners=True, others=True, variant="omni",
+                                      seed=1, dtype="fp32"))
+    window.session.add_paths([path])
     (entry,) = wait_loaded(qtbot, window, 1)
     window.session.set_current(entry.id)
     window.resize(1280, 800)
@@ -31,25 +38,30 @@ def window_1280(qtbot, window, samples):
 
 
 def test_every_grid_value_fits_its_column_with_a_margin(qtbot, window_1280):
-    window, _entry = window_1280
+    window, entry = window_1280
     grid = window.editor.all_blocks.grid
     model = grid.model()
     assert window.presets.width() >= window.presets.minimumSizeHint().width() - 1  # the dock really is beside
-    assert not grid.horizontalScrollBar().isVisible()  # all 34 columns on screen
+    assert not grid.horizontalScrollBar().isVisible()  # all 34 (36) columns on screen
     metrics = QFontMetrics(grid.font())
-    for column, block in enumerate(zit.BLOCKS):
+    blocks = zit.BLOCKS if entry.lora.variant == "omni" else zit.TURBO_BLOCKS
+    assert model.columnCount() == len(blocks)
+    for column, block in enumerate(blocks):
         text = model.data(model.index_of(block, "q"))
         assert text == "1.25"
         assert metrics.horizontalAdvance(text) + MARGIN <= grid.columnWidth(column), (block, grid.columnWidth(column))
 
 
 def test_every_slider_value_fits_its_column_with_a_margin(qtbot, window_1280):
-    window, _entry = window_1280
+    window, entry = window_1280
     tab = window.editor.category_tabs["face"]
     window.editor.tabs.setCurrentWidget(tab)
     qtbot.wait(50)
     assert not tab.scroll.horizontalScrollBar().isVisible()  # no scrolling needed at this size
-    for block, slider in tab.sliders.items():
+    shown = [block for block, slider in tab.sliders.items() if not slider.isHidden()]
+    assert len(shown) == (36 if entry.lora.variant == "omni" else 34)
+    for block in shown:
+        slider = tab.sliders[block]
         label = slider.value_label
         assert label.text() == "1.25"
         assert label.fontMetrics().horizontalAdvance(label.text()) + MARGIN <= slider.width(), block

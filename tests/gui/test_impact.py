@@ -54,7 +54,7 @@ def test_overlaps_are_the_engines_block_cosines_with_weights_and_ratio_signs(qtb
     wait_impact(qtbot, window)
     overlaps = dict((other.id, cosines) for other, cosines in session.overlaps(style.id))
     # The ComfyUI re-export holds the same factors: it points the same way in every block.
-    assert set(overlaps[comfy.id]) == set(zit.BLOCKS) | {zit.OTHER}
+    assert set(overlaps[comfy.id]) == set(zit.TURBO_BLOCKS) | {zit.OTHER}
     assert all(value == pytest.approx(1.0, abs=1e-5) for value in overlaps[comfy.id].values())
     # The character LoRA covers v and the FFN of L00-L23 only.
     assert set(overlaps[character.id]) == {f"L{i:02d}" for i in range(24)}

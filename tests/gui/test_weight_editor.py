@@ -65,7 +65,7 @@ def test_a_component_row_from_its_header_is_set_in_one_step(qtbot, loaded):
     assert len(tab.grid.selected_cells()) == 32  # 34 blocks, context refiners have no adaLN
     tab.value.setValue(0.25)
     tab.set_button.click()
-    for block in zit.BLOCKS:
+    for block in zit.TURBO_BLOCKS:
         expected = 1.0 if block.startswith("CR") else 0.25
         assert entry.weights.get(block, "adaLN") == expected
         assert entry.weights.get(block, "q") == 1.0
@@ -83,7 +83,7 @@ def test_a_component_row_from_its_header_is_set_in_one_step(qtbot, loaded):
 def test_a_block_column_takes_one_typed_value_for_all_its_cells(qtbot, loaded):
     window, entry = loaded
     grid = window.editor.all_blocks.grid
-    _click_header(qtbot, grid.horizontalHeader(), zit.BLOCKS.index("L10"))
+    _click_header(qtbot, grid.horizontalHeader(), zit.TURBO_BLOCKS.index("L10"))
     assert sorted(grid.selected_cells()) == sorted(("L10", c) for c in zit.COMPONENTS)
     grid.setFocus()
     steps = window.session.history.count()

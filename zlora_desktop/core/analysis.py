@@ -143,7 +143,9 @@ def file_report(lora: LoraFile, norms: dict[str, float] | None = None) -> dict:
         "dtype": lora.dtype,
         "modules": len(lora.modules),
         "blocks": lora.blocks,
-        "block_coverage": f"{len(lora.blocks)}/{len(model.BLOCKS)}",
+        "block_coverage": lora.block_coverage,
+        "variant": lora.variant,  # a key of model.VARIANTS
+        "variant_text": lora.variant_text,
         "components": sorted({model.split_module(m)[1] for m in lora.modules if model.split_module(m)},
                              key=model.COMPONENTS.index),
         "other_modules": lora.other_modules,

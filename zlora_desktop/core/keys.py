@@ -97,8 +97,25 @@ for _canonical, _alias in model.OTHER_MODULES.items():
         _OTHER_PATHS[_name] = _canonical
         _OTHER_PATHS[_name.replace(".", "_")] = _canonical
 
-_DOTTED_BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
-_UNDERSCORE_BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)_(\d+)_(.+)$")
+_DOTTED_BLOCK = re.compile(rf"^({model.BLOCK_PREFIX_PATTERN})\.(\d+)\.(.+)$")
+_UNDERSCORE_BLOCK = re.compile(rf"^({model.BLOCK_PREFIX_PATTERN})_(\d+)_(.+)$")
+
+# Key fragments of the pixel-space variants' own modules (not in the latent-space model): fragment ->
+# what it is. Read in dotted and underscored names.
+PIXEL_SPACE_MARKERS = (
+    ("dec_net.", "dec_net keys: ComfyUI's zimage_pixel decoder"),
+    ("local_decoder.", "local_decoder keys: AI-Toolkit's zimage_l2p decoder"),
+    ("all_x_embedder.16-1", "all_x_embedder.16-1 keys: AI-Toolkit's zimage_l2p patch embedder"),
+)
+
+
+def pixel_space_marker(key: str) -> str | None:
+    """What a key of a pixel-space variant's own module is, or None."""
+    for fragment, what in PIXEL_SPACE_MARKERS:
+        if fragment in key or fragment.replace(".", "_").replace("-", "_") in key:
+            return what
+    return None
+
 
 # Key fragments of other model families, for a helpful refusal.
 FOREIGN_SIGNATURES = (
@@ -209,6 +226,33 @@ def describe_layout(prefix: str, suffix: str, fused: bool, has_alpha: bool) -> s
     if suffix in (".lora.down.weight", ".lora.up.weight"):
         return "dotted lora.down/up"
     return "bare lora_A/B (OneTrainer)" if has_alpha else "bare lora_A/B"
+
+
+# ---- what ComfyUI maps ----------------------------------------------------------------------
+
+# ComfyUI maps Omni's own modules (the siglip refiners and embedder) only by its own names: its
+# Z-Image key map (comfy/utils.py z_image_to_diffusers, used by comfy/lora.py) covers the diffusers
+# names of the layers, the noise/context refiners and the Turbo embedders, not of siglip_*. Its own
+# names are reached as ``diffusion_model.<name>`` and ``lora_unet_<name with underscores>`` (every
+# model key is).
+_COMFY_SIGLIP_PATHS = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
+_COMFY_OMNI_NAMES = [f"siglip_refiner.{index}.{path}" for index in range(model.N_REFINERS)
+                     for path in _COMFY_SIGLIP_PATHS] + list(model.OMNI_OTHER_MODULES.values())
+_COMFY_OMNI_STEMS = frozenset(stem for name in _COMFY_OMNI_NAMES
+                              for stem in (f"diffusion_model.{name}", "lora_unet_" + name.replace(".", "_")))
+
+
+def omni_only(module: str) -> bool:
+    """Whether a canonical module exists only in Z-Image-Omni-Base (siglip refiners, siglip embedder)."""
+    split = model.split_module(module)
+    return module in model.OMNI_OTHER_MODULES or (split is not None and split[0] in model.SIGLIP_BLOCKS)
+
+
+def comfyui_skips(stem: str, module: str) -> bool:
+    """Whether ComfyUI leaves out a canonical module stored under this key stem (the key without its
+    suffix; a fused qkv stem for q, k, v): true for an Omni-only module named other than by
+    ComfyUI's own names."""
+    return omni_only(module) and stem not in _COMFY_OMNI_STEMS
 
 
 # ---- writing ------------------------------------------------------------------------------

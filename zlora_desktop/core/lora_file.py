@@ -48,6 +48,8 @@ class LoraFile:
     warnings: list[str]
     dtype: str
     dims: dict[str, int]
+    variant: str = "turbo"  # a key of model.VARIANTS: the model the file targets, from its keys and shapes
+    variant_evidence: str = ""  # why, in words ("" for Turbo/Base, which share their keys)
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -108,8 +110,17 @@ class LoraFile:
             lora.warnings.append(
                 "dimensions differ from Z-Image Turbo's (" + ", ".join(f"{k} {v}" for k, v in lora.dims.items())
                 + "; ZIT has hidden 3840, ffn 10240, adaln_in 256): a test or pruned LoRA, it will not fit ZIT")
-        if unknown:
-            lora.warnings.append(f"{len(unknown)} keys are not Z-Image transformer LoRA keys and are left out")
+        lora.variant, lora.variant_evidence = _variant(modules, unknown)
+        lora.warnings.extend(_comfyui_siglip_warning(modules, parsed))
+        pixel_keys = [name for name in unknown if keys.pixel_space_marker(name)]
+        if pixel_keys:
+            lora.warnings.append(
+                f"{len(pixel_keys)} keys on modules of the pixel-space model only "
+                f"({keys.pixel_space_marker(pixel_keys[0])}; e.g. {pixel_keys[0]!r}) are left out: outputs carry "
+                "only the modules it shares with latent-space Z-Image")
+        if len(unknown) > len(pixel_keys):
+            lora.warnings.append(f"{len(unknown) - len(pixel_keys)} keys are not Z-Image transformer LoRA keys and "
+                                 "are left out")
         return lora
 
     # ---- reading ------------------------------------------------------------------------
@@ -194,6 +205,29 @@ class LoraFile:
     @property
     def other_modules(self) -> list[str]:
         return [m for m in self.modules if model.split_module(m) is None]
+
+    @property
+    def variant_label(self) -> str:
+        """``Z-Image-Omni-Base``: the model variant the file targets."""
+        return model.VARIANTS[self.variant]
+
+    @property
+    def variant_text(self) -> str:
+        """``Z-Image-Omni-Base (siglip_refiner keys: SR0, SR1)``: the variant and why."""
+        return f"{self.variant_label} ({self.variant_evidence})" if self.variant_evidence else self.variant_label
+
+    @property
+    def model_blocks(self) -> tuple[str, ...]:
+        """The blocks of the model the file targets: Turbo's 34, or all 36 when it is for Omni (or
+        holds the siglip refiners whatever else it is)."""
+        if self.variant == "omni" or any(b in model.SIGLIP_BLOCKS for b in self.blocks):
+            return model.BLOCKS
+        return model.TURBO_BLOCKS
+
+    @property
+    def block_coverage(self) -> str:
+        """``30/34``: blocks present of the blocks of the model the file targets."""
+        return f"{len(self.blocks)}/{len(self.model_blocks)}"
 
     @property
     def ranks(self) -> Counter:
@@ -546,6 +580,44 @@ def _check_full_lokr(modules: dict[str, ModuleInfo], metadata: dict[str, str], p
     return [f"{len(full)} LoKr modules have both factors full: read with alpha ignored (scale 1), as ComfyUI and "
             f"diffusers do; the metadata's alpha/dim is {ratio:g}, and some trainers applied it: if the result "
             f"burns at ratio 1, try a ratio near {ratio:g}"]
+
+
+# Latent-space Z-Image's x_embedder takes 2×2 patches of 16 latent channels; a pixel-space variant
+# takes patch² × 3 colour values (16×16 RGB: 768).
+LATENT_PATCH_VALUES = 64
+
+
+def _variant(modules: dict[str, ModuleInfo], unknown: list[str]) -> tuple[str, str]:
+    """(variant id, evidence) from the keys and shapes (docs/FORMATS.md, "Model variants")."""
+    pixel = list(dict.fromkeys(filter(None, map(keys.pixel_space_marker, unknown))))
+    embedder = modules.get("all_x_embedder.2-1")
+    if embedder is not None and embedder.shape[1] != LATENT_PATCH_VALUES and embedder.shape[1] % 3 == 0:
+        pixel.append(f"x_embedder takes {embedder.shape[1]} values, patch² × 3 colours, not "
+                     f"{LATENT_PATCH_VALUES} latent values")
+    siglip = [b for b in model.SIGLIP_BLOCKS if any((model.split_module(m) or ("",))[0] == b for m in modules)]
+    omni = ([f"siglip_refiner keys: {', '.join(siglip)}"] if siglip else []) + \
+        (["siglip_embedder keys"] if any(m in model.OMNI_OTHER_MODULES for m in modules) else [])
+    if pixel:  # the pixel decoder decides which base the file needs, whatever else it holds
+        return "pixel", "; ".join(pixel + omni)
+    if omni:
+        return "omni", "; ".join(omni)
+    return "turbo", ""
+
+
+def _comfyui_siglip_warning(modules: dict[str, ModuleInfo], parsed: dict[str, keys.ParsedKey]) -> list[str]:
+    """Omni's siglip modules stored under names ComfyUI does not map (it leaves them out)."""
+    siglip = [m for m in modules if keys.omni_only(m)]
+    skipped = []
+    for module in siglip:
+        key = modules[module].key_a
+        stem = key[: -len(parsed[key].suffix)]
+        if keys.comfyui_skips(stem, module):
+            skipped.append(stem)
+    if not skipped:
+        return []
+    count = "none" if len(skipped) == len(siglip) else f"{len(siglip) - len(skipped)}"
+    return [f"ComfyUI applies {count} of the {len(siglip)} siglip modules (SR0/SR1, siglip_embedder): it knows "
+            f"these only by its own names, not e.g. {skipped[0]!r}; merged as 'comfyui', they load there"]
 
 
 def _foreign_message(names: list[str]) -> str:

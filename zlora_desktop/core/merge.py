@@ -18,11 +18,11 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import dtypes, model, options
+from . import dtypes, keys, model, options
 from .errors import CancelledError, ZLoraError, one_line
 from .lora_file import LoraFile, all_finite
 from .recipe import RECIPE_METADATA_KEY, SOURCES_METADATA_KEY, Recipe
-from .writer import AtomicOutput, ModuleWriter, check_little_endian, plan_tensors
+from .writer import AtomicOutput, ModuleWriter, check_little_endian, module_stem, plan_tensors
 
 ProgressCallback = Callable[[int, int, str], None]
 # What a caller already knows of a file's sha256: absolute path -> (size, mtime_ns, sha256) of the
@@ -202,6 +202,9 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         caveat = options.FORMAT_CAVEATS.get(recipe.format)
         if caveat and any((model.split_module(m) or (None, None))[1] in caveat[0] for m in contributions):
             report.warnings.append(f"format {recipe.format}: {caveat[1]}")
+        comfy_skips = [m for m in contributions if keys.comfyui_skips(module_stem(m, recipe.format)[0], m)]
+        if comfy_skips:
+            report.warnings.append(f"format {recipe.format}: {options.siglip_caveat(len(comfy_skips))}")
         # The recipe's metadata with placeholder digests: a sha256 is 64 hex digits whatever its
         # value, so the header planned now keeps its length when the real digests arrive.
         placeholder = output_metadata(recipe, inputs, ["0" * 64] * len(inputs))

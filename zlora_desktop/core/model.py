@@ -2,7 +2,12 @@
 
 Every module is named canonically by its diffusers name without prefix, e.g.
 ``layers.5.attention.to_q``. Blocks and components are the short names the user sees
-(``L05``, ``q``). Facts come from ARCHITECTURE.md section 1.
+(``L05``, ``q``). Facts: docs/FORMATS.md ("Model variants").
+
+Z-Image-Omni-Base adds two blocks, ``siglip_refiner.0-1`` (``SR0``, ``SR1``: image-condition
+tokens, no adaLN, like the context refiners). They are weightable blocks like the others; a file
+for Turbo/Base simply has none. ``TURBO_BLOCKS`` are the 34 blocks of Turbo and Base (what LBW
+vectors and "x/34" coverage count), ``BLOCKS`` all 36 in forward order.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ ADALN_IN = 256
 N_LAYERS = 30
 N_REFINERS = 2
 
-REFINER_BLOCKS = ("NR0", "NR1", "CR0", "CR1")
+TURBO_REFINER_BLOCKS = ("NR0", "NR1", "CR0", "CR1")
+SIGLIP_BLOCKS = ("SR0", "SR1")  # Z-Image-Omni-Base only
+REFINER_BLOCKS = TURBO_REFINER_BLOCKS + SIGLIP_BLOCKS
 LAYER_BLOCKS = tuple(f"L{i:02d}" for i in range(N_LAYERS))
-# Forward order: noise refiner, context refiner, then the 30 layers.
+# Forward order: noise refiner, context refiner, siglip refiner (Omni), then the 30 layers.
 BLOCKS = REFINER_BLOCKS + LAYER_BLOCKS
+TURBO_BLOCKS = TURBO_REFINER_BLOCKS + LAYER_BLOCKS
 
 COMPONENTS = ("adaLN", "q", "k", "v", "out", "w1", "w2", "w3")
 COMPONENT_GROUPS = {
@@ -31,14 +39,23 @@ BLOCK_GROUPS = {
     "L": LAYER_BLOCKS,
     "NR": ("NR0", "NR1"),
     "CR": ("CR0", "CR1"),
+    "SR": SIGLIP_BLOCKS,
     "refiners": REFINER_BLOCKS,
 }
 OTHER = "other"
 
+# The model variants a LoRA file can target (docs/FORMATS.md, "Model variants"): id -> label.
+VARIANTS = {
+    "turbo": "Z-Image Turbo/Base",
+    "omni": "Z-Image-Omni-Base",
+    "pixel": "pixel-space Z-Image",
+}
+
 
 def has_cell(block: str, component: str) -> bool:
-    """Whether a block has that component: context refiners have no adaLN (the one place this rule lives)."""
-    return not (block.startswith("CR") and component == "adaLN")
+    """Whether a block has that component: context and siglip refiners have no adaLN (the one place
+    this rule lives)."""
+    return not (block.startswith(("CR", "SR")) and component == "adaLN")
 
 
 # Every (block, component) cell of the weight grid, in model order, absent ones included
@@ -76,11 +93,13 @@ _COMPONENT_PATH = {
     "w3": "feed_forward.w3",
 }
 _PATH_COMPONENT = {path: comp for comp, path in _COMPONENT_PATH.items()}
-_BLOCK_PREFIX = {"L": "layers", "NR": "noise_refiner", "CR": "context_refiner"}
+_BLOCK_PREFIX = {"L": "layers", "NR": "noise_refiner", "CR": "context_refiner", "SR": "siglip_refiner"}
+# The blocks' module-name prefixes, as a regular expression alternative (keys.py parses with it).
+BLOCK_PREFIX_PATTERN = "|".join(_BLOCK_PREFIX.values())
 _PREFIX_BLOCK = {v: k for k, v in _BLOCK_PREFIX.items()}
 
 # Modules outside the blocks: canonical (diffusers) name -> ComfyUI single-file alias.
-OTHER_MODULES = {
+TURBO_OTHER_MODULES = {
     "t_embedder.mlp.0": "t_embedder.mlp.0",
     "t_embedder.mlp.2": "t_embedder.mlp.2",
     "cap_embedder.1": "cap_embedder.1",
@@ -89,7 +108,11 @@ OTHER_MODULES = {
     "all_final_layer.2-1.adaLN_modulation.1": "final_layer.adaLN_modulation.1",
 }
 
-_BLOCK_RE = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
+# Omni's embedder of SigLIP image features (the same name in diffusers and ComfyUI).
+OMNI_OTHER_MODULES = {"siglip_embedder.1": "siglip_embedder.1"}
+OTHER_MODULES = {**TURBO_OTHER_MODULES, **OMNI_OTHER_MODULES}
+
+_BLOCK_RE = re.compile(rf"^({BLOCK_PREFIX_PATTERN})\.(\d+)\.(.+)$")
 
 
 def block_prefix(block: str) -> str:
@@ -124,7 +147,7 @@ def split_module(name: str) -> tuple[str, str] | None:
 
 
 def all_block_modules() -> list[str]:
-    """Every block module in canonical order (context refiners have no adaLN)."""
+    """Every block module in canonical order (context and siglip refiners have no adaLN)."""
     return [module_name(block, comp) for block, comp in CELLS_PRESENT]
 
 

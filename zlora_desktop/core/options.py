@@ -45,3 +45,11 @@ FORMAT_CAVEATS = {
               "ignored there, and so would the x embedder and final layer. "
               "For ComfyUI write 'comfyui' or 'aitoolkit'."),
 }
+
+
+def siglip_caveat(count: int) -> str:
+    """The output formats other than comfyui name Omni's siglip modules as diffusers does (or with
+    a ``transformer.`` prefix), and ComfyUI maps those only by its own names (docs/FORMATS.md,
+    "Model variants")."""
+    return (f"ComfyUI does not apply the {count} siglip modules (Z-Image-Omni-Base: SR0/SR1, siglip_embedder) "
+            "written here under diffusers names; for ComfyUI write 'comfyui'.")

@@ -52,6 +52,10 @@ class SampleSpec:
     components: tuple[str, ...] = model.COMPONENTS
     refiners: bool = False
     others: bool = False
+    # A key of model.VARIANTS: "omni" adds the siglip refiners SR0/SR1 (and, with others, the siglip
+    # embedder); "pixel" adds LoRA keys on the pixel-space decoder (ComfyUI's dec_net), which the
+    # engine reports and leaves out.
+    variant: str = "turbo"
     alpha: float | None = None  # None: the layout's usual (absent, or rank/2 where alpha is stored)
     dtype: str = "bf16"  # one of dtypes.CHOICES
     seed: int = 0
@@ -63,13 +67,35 @@ class SampleSpec:
 
 
 def _modules(spec: SampleSpec) -> list[str]:
+    if spec.variant not in model.VARIANTS:
+        raise ValueError(f"unknown variant {spec.variant!r}")
     blocks = [b for b in model.LAYER_BLOCKS[: spec.layers]]
+    if spec.variant == "omni":
+        blocks = list(model.SIGLIP_BLOCKS) + blocks
     if spec.refiners:
-        blocks = list(model.REFINER_BLOCKS) + blocks
+        blocks = list(model.TURBO_REFINER_BLOCKS) + blocks
     names = [model.module_name(b, c) for b in blocks for c in spec.components if model.has_cell(b, c)]
     if spec.others:
-        names += list(model.OTHER_MODULES)
+        names += list(model.OTHER_MODULES if spec.variant == "omni" else model.TURBO_OTHER_MODULES)
     return names
+
+
+# Two LoRA'd linears of ComfyUI's pixel-space decoder (dec_net, "zimage_pixel"): [out, in].
+_PIXEL_DECODER = {"dec_net.cond_embed": (64, 64), "dec_net.res_blocks.0.mlp.0": (64, 64)}
+
+
+def _pixel_decoder_tensors(spec: SampleSpec, stem, suffixes: tuple[str, str], dtype) -> dict:
+    """LoRA factors on the pixel decoder, named as the layout names its modules (``stem``)."""
+    import torch
+
+    if spec.variant != "pixel":
+        return {}
+    generator = torch.Generator().manual_seed(spec.seed + 1)
+    tensors = {}
+    for name, (out_dim, in_dim) in _PIXEL_DECODER.items():
+        tensors[stem(name) + suffixes[0]] = torch.randn(spec.rank, in_dim, generator=generator).to(dtype)
+        tensors[stem(name) + suffixes[1]] = torch.randn(out_dim, spec.rank, generator=generator).to(dtype)
+    return tensors
 
 
 def _other_shape(name: str, spec: SampleSpec) -> tuple[int, int]:
@@ -80,6 +106,7 @@ def _other_shape(name: str, spec: SampleSpec) -> tuple[int, int]:
         "all_x_embedder.2-1": (spec.hidden, 64),
         "all_final_layer.2-1.linear": (64, spec.hidden),
         "all_final_layer.2-1.adaLN_modulation.1": (spec.hidden, spec.adaln_in),
+        "siglip_embedder.1": (spec.hidden, 3 * spec.hidden // 4),  # a SigLIP feature size: not checked
     }[name]
 
 
@@ -154,6 +181,7 @@ def write_sample(path: str | os.PathLike, spec: SampleSpec) -> dict[str, tuple]:
         tensors[key + up_suffix] = up
         if alpha is not None:
             tensors[key + ".alpha"] = torch.tensor(alpha * len(downs), dtype=dtype)
+    tensors.update(_pixel_decoder_tensors(spec, stem, (down_suffix, up_suffix), dtype))
     if alpha_mode == "header" and alpha is not None:
         metadata["lora_adapter_metadata"] = json.dumps(
             {"transformer.r": spec.rank, "transformer.lora_alpha": alpha,
@@ -230,6 +258,10 @@ def _write_expanded(path, spec: SampleSpec) -> dict[str, tuple]:
     for block_prefix, qkv in fused.items():
         zeros = torch.zeros_like(next(iter(qkv.values())))
         tensors[f"{prefix}{block_prefix}.attention.qkv.diff"] = torch.cat([qkv.get(p, zeros) for p in "qkv"], 0)
+    dotted = style in ("dotted", "comfy")
+    tensors.update(_pixel_decoder_tensors(
+        spec, lambda name: prefix + (name if dotted else name.replace(".", "_")),
+        (".lora_A.weight", ".lora_B.weight") if dotted else (".lora_down.weight", ".lora_up.weight"), dtype))
     metadata = {"software": json.dumps({"name": "zlora sample", "version": "1"})}
     save_file(tensors, os.fspath(path), metadata=metadata)
     return truth

@@ -11,8 +11,10 @@ Every cell starts at 1.
 TARGET is one of
 - ``default``, ``all`` or ``*``: every cell and ``other``;
 - ``other``: modules outside the blocks (embedders, final layer);
-- blocks: ``L05``, ``L00-L09`` (a range in model order), ``NR0``, ``NR`` / ``CR`` / ``L``
-  (all noise-refiner / context-refiner / layer blocks), ``refiners``;
+- blocks: ``L05``, ``L00-L09`` (a range in model order), ``NR0``, ``NR`` / ``CR`` / ``SR`` / ``L``
+  (all noise-refiner / context-refiner / siglip-refiner / layer blocks), ``refiners`` (NR, CR and
+  SR). ``SR0``/``SR1`` are Z-Image-Omni-Base's siglip refiners: they weight only files that have
+  them (a Turbo/Base file has none), and have no adaLN;
 - components: ``adaLN q k v out w1 w2 w3``, groups ``attn`` (q,k,v,out), ``ff`` (w1,w2,w3),
   ``qkv``;
 - a comma list of the above (``L00,L05``, ``w1,w2``), matching every named block × every named
@@ -20,7 +22,8 @@ TARGET is one of
 - ``BLOCKS.COMPONENTS`` with either side a list or range: ``L16-L24.w1,w2,w3``, ``NR.attn``.
 
 LBW vectors (one value per block, as the LoRA Block Weight extension writes them): ``NAME:v1,…``
-with 30 values (layers L00…L29, refiners stay 1) or 34 values (NR0, NR1, CR0, CR1, then L00…L29).
+with 30 values (layers L00…L29, refiners stay 1), 34 values (NR0, NR1, CR0, CR1, then L00…L29;
+siglip refiners stay 1) or 36 values (NR0, NR1, CR0, CR1, SR0, SR1, then L00…L29).
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ from .errors import ZLoraError
 
 Cell = tuple[str, str]
 _ALL_CELLS: tuple[Cell, ...] = model.ALL_CELLS
-_BLOCK_NAME = re.compile(r"^(L\d\d|NR[01]|CR[01])$")
+_BLOCK_NAME = re.compile(r"^(L\d\d|NR[01]|CR[01]|SR[01])$")
+# LBW vector sizes -> the blocks their values are for, in order.
+LBW_BLOCKS = {30: model.LAYER_BLOCKS, 34: model.TURBO_BLOCKS, 36: model.BLOCKS}
+_LBW_FORMS = "30 values (L00…L29), 34 (NR0,NR1,CR0,CR1,L00…L29) or 36 (NR0,NR1,CR0,CR1,SR0,SR1,L00…L29)"
 
 
 def format_value(value: float) -> str:
@@ -113,13 +119,9 @@ class BlockWeights:
 
     @classmethod
     def from_lbw(cls, values: list[float]) -> "BlockWeights":
-        if len(values) == model.N_LAYERS:
-            blocks = model.LAYER_BLOCKS
-        elif len(values) == len(model.BLOCKS):
-            blocks = model.BLOCKS
-        else:
-            raise ZLoraError(f"an LBW vector needs 30 values (L00…L29) or 34 (NR0,NR1,CR0,CR1,L00…L29), "
-                             f"got {len(values)}")
+        blocks = LBW_BLOCKS.get(len(values))
+        if blocks is None:
+            raise ZLoraError(f"an LBW vector needs {_LBW_FORMS}, got {len(values)}")
         weights = cls()
         for block, value in zip(blocks, values):
             for comp in model.COMPONENTS:
@@ -127,10 +129,13 @@ class BlockWeights:
         return weights
 
     def to_lbw(self, size: int = 34) -> list[float]:
-        """One value per block; refused when components of a block differ (LBW cannot hold it)."""
-        if size not in (30, 34):
-            raise ZLoraError("LBW vectors have 30 or 34 values")
-        blocks = model.LAYER_BLOCKS if size == 30 else model.BLOCKS
+        """One value per block; refused when components of a block differ (LBW cannot hold it).
+
+        34 values by default (what LBW tools know); the siglip refiners, Omni-only, are then left out
+        as ``other`` is (lbw_left_out says so): the 36-value form keeps them."""
+        if size not in LBW_BLOCKS:
+            raise ZLoraError("LBW vectors have 30, 34 or 36 values")
+        blocks = LBW_BLOCKS[size]
         values = []
         for block in blocks:
             row = {self.cells[(block, c)] for c in model.COMPONENTS if not _absent(block, c)}
@@ -138,17 +143,23 @@ class BlockWeights:
                 raise ZLoraError(f"block {block} has different weights per component; an LBW vector holds "
                                  f"one value per block")
             values.append(row.pop())
-        if size == 30 and any(self.cells[(b, c)] != 1.0 for b in model.REFINER_BLOCKS for c in model.COMPONENTS
-                              if not _absent(b, c)):
+        if size == 30 and self._weighted(model.TURBO_REFINER_BLOCKS):
             raise ZLoraError("refiner blocks are weighted; use the 34-value LBW form")
-        return values  # "other" has no place in a vector: lbw_left_out says so
+        return values  # "other" (and SR in 30/34) has no place in a vector: lbw_left_out says so
 
-    def lbw_left_out(self) -> str | None:
+    def _weighted(self, blocks) -> bool:
+        return any(self.cells[(b, c)] != 1.0 for b in blocks for c in model.COMPONENTS if not _absent(b, c))
+
+    def lbw_left_out(self, size: int = 34) -> str | None:
         """What an LBW vector of these weights leaves out, in words (None when nothing)."""
-        if self.other == 1.0:
-            return None
-        return (f"'other' modules (embedders, final layer) weighted {format_value(self.other)} are not part "
-                "of an LBW vector: a loader applies them at full strength")
+        parts = []
+        if self.other != 1.0:
+            parts.append(f"'other' modules (embedders, final layer) weighted {format_value(self.other)} are not "
+                         "part of an LBW vector: a loader applies them at full strength")
+        if size != 36 and self._weighted(model.SIGLIP_BLOCKS):
+            parts.append("the siglip refiners SR0, SR1 (Z-Image-Omni-Base only) are weighted but not part of a "
+                         f"{size}-value LBW vector: read back, they are 1 (the 36-value form keeps them)")
+        return "; ".join(parts) or None
 
 
 def _absent(block: str, comp: str) -> bool:
@@ -245,7 +256,7 @@ def _resolve_target(target: str) -> tuple[list[Cell], bool]:
         if as_block:
             blocks.extend(as_block)
             continue
-        raise ZLoraError(f"unknown weight target {item!r} (blocks are L00…L29, NR0, NR1, CR0, CR1; "
+        raise ZLoraError(f"unknown weight target {item!r} (blocks are L00…L29, NR0, NR1, CR0, CR1, SR0, SR1; "
                          f"components are {', '.join(model.COMPONENTS)}, attn, ff)")
     blocks = blocks or list(model.BLOCKS)
     comps = comps or list(model.COMPONENTS)

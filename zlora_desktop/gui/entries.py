@@ -35,7 +35,7 @@ def rank_text(lora) -> str:
 
 
 def blocks_text(lora) -> str:
-    return f"{len(lora.blocks)}/{len(zit.BLOCKS)}"
+    return lora.block_coverage
 
 
 def blocks_detail(lora) -> str:
@@ -51,7 +51,8 @@ def entry_tooltip(entry: Entry) -> str:
         lines.append(f"Not usable: {entry.error}")
     elif entry.lora is not None:
         lora = entry.lora
-        lines += [f"Format: {lora.layout}", f"dtype: {lora.dtype}, {len(lora.modules)} modules",
+        lines += [f"Format: {lora.layout}", f"Model: {lora.variant_text}",
+                  f"dtype: {lora.dtype}, {len(lora.modules)} modules",
                   f"Blocks: {blocks_detail(lora)}",
                   "Rank: " + ", ".join(f"{r} ×{n}" for r, n in sorted(lora.ranks.items()))]
         for key, value in lora.training_info().items():

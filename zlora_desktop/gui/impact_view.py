@@ -16,7 +16,14 @@ from ..core.analysis import strength_grid
 from .colors import cosine_color, strength_color, text_color_on
 from .tooltips import rich_tooltip
 
-COLUMNS = list(zit.BLOCKS) + [zit.OTHER]
+# The heat maps' columns: Turbo's 34 blocks and "other"; a file with Omni's siglip refiners gets
+# their two columns too (columns_for).
+COLUMNS = list(zit.TURBO_BLOCKS) + [zit.OTHER]
+
+
+def columns_for(lora) -> list[str]:
+    """The columns for a file: the blocks of the model it targets, then "other"."""
+    return list(lora.model_blocks) + [zit.OTHER]
 
 
 @dataclass
@@ -51,6 +58,7 @@ class ImpactPlot(QWidget):
         self.details: dict[tuple[int, int, int], str] = {}  # (section, row, column) -> tooltip
         self.pending_text = "computing from the factors…"
         self.message = ""  # shown in place of the heat maps when there are none
+        self.columns = list(COLUMNS)
         self.cursor: tuple[int, int, int] | None = None  # the cell the arrow keys are on (section, row, column)
         self.setMouseTracking(True)
         # Tab stops here; the arrow keys then walk the cells and show what each holds.
@@ -65,11 +73,14 @@ class ImpactPlot(QWidget):
         self._cache: QPixmap | None = None
         self._pending_areas: list[QRectF] = []
 
-    def set_sections(self, sections: list[Section], strength_max: float, details, message: str = "") -> None:
-        if (sections, strength_max, details, message) == (self.sections, self.strength_max, self.details,
-                                                          self.message):
+    def set_sections(self, sections: list[Section], strength_max: float, details, message: str = "",
+                     columns: list[str] | None = None) -> None:
+        columns = list(columns or COLUMNS)
+        if (sections, strength_max, details, message, columns) == (self.sections, self.strength_max, self.details,
+                                                                   self.message, self.columns):
             return
         self.sections = sections
+        self.columns = columns
         self.strength_max = strength_max
         self.details = details
         self.message = message
@@ -117,7 +128,7 @@ class ImpactPlot(QWidget):
         metrics = self._metrics()
         x0 = self._label_width()
         width = max(self.width() - x0 - self._legend_width(), 10)
-        column_width = width / len(COLUMNS)
+        column_width = width / len(self.columns)
         title_height = metrics.height() + 2
         top = metrics.height() + 4  # block labels
         rows = sum(len(s.rows) for s in self.sections)
@@ -145,8 +156,8 @@ class ImpactPlot(QWidget):
             if y <= pos.y() < y + height and pos.x() >= x0:
                 column = int((pos.x() - x0) // column_width)
                 row = int((pos.y() - y) // row_height)
-                if 0 <= column < len(COLUMNS) and 0 <= row < len(section.rows):
-                    if section.tall_other and column == len(COLUMNS) - 1:
+                if 0 <= column < len(self.columns) and 0 <= row < len(section.rows):
+                    if section.tall_other and column == len(self.columns) - 1:
                         row = 0
                     return s_index, row, column
             y += height + 4
@@ -205,8 +216,8 @@ class ImpactPlot(QWidget):
         # Block labels, thinned out so that they never touch.
         step = max(1, math.ceil((metrics.horizontalAdvance("L00") + 6) / max(column_width, 1)))
         painter.setPen(text_colour)
-        for column, name in enumerate(COLUMNS):
-            if column % step and column != len(COLUMNS) - 1:
+        for column, name in enumerate(self.columns):
+            if column % step and column != len(self.columns) - 1:
                 continue
             label = "oth" if name == zit.OTHER and column_width < metrics.horizontalAdvance("other") else name
             rect = QRectF(x0 + column * column_width - 6, 0, column_width + 12, top)
@@ -223,7 +234,7 @@ class ImpactPlot(QWidget):
                              | Qt.AlignmentFlag.AlignVCenter, section.title)
             y += title_height
             # The section's area in the grid colour: the 1 px gaps between cells become grid lines.
-            painter.fillRect(QRectF(x0 - 1, y - 1, column_width * len(COLUMNS) + 1, row_height * len(section.rows) + 1),
+            painter.fillRect(QRectF(x0 - 1, y - 1, column_width * len(self.columns) + 1, row_height * len(section.rows) + 1),
                              palette.color(QPalette.ColorRole.Mid))
             for row, label in enumerate(section.rows):
                 row_top = y + row * row_height
@@ -234,21 +245,21 @@ class ImpactPlot(QWidget):
                                      Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
                                      QFontMetrics(label_font).elidedText(label, Qt.TextElideMode.ElideMiddle, x0 - 6))
                     painter.setFont(self.small_font)
-                for column in range(len(COLUMNS)):
-                    if section.tall_other and column == len(COLUMNS) - 1:
+                for column in range(len(self.columns)):
+                    if section.tall_other and column == len(self.columns) - 1:
                         continue
                     rect = QRectF(x0 + column * column_width, row_top, column_width - 1, row_height - 1)
                     self._paint_cell(painter, section, section.values.get((row, column)), rect, column, row)
             if section.tall_other:
-                rect = QRectF(x0 + (len(COLUMNS) - 1) * column_width, y, column_width - 1,
+                rect = QRectF(x0 + (len(self.columns) - 1) * column_width, y, column_width - 1,
                               row_height * len(section.rows) - 1)
-                self._paint_cell(painter, section, section.values.get((0, len(COLUMNS) - 1)), rect,
-                                 len(COLUMNS) - 1, 0)
+                self._paint_cell(painter, section, section.values.get((0, len(self.columns) - 1)), rect,
+                                 len(self.columns) - 1, 0)
             for first, count in _runs(section.pending_rows):
-                pending_areas.append(QRectF(x0, y + first * row_height, column_width * len(COLUMNS),
+                pending_areas.append(QRectF(x0, y + first * row_height, column_width * len(self.columns),
                                             row_height * count))
             for row, note in section.row_notes.items():
-                area = QRectF(x0, y + row * row_height, column_width * len(COLUMNS), row_height - 1)
+                area = QRectF(x0, y + row * row_height, column_width * len(self.columns), row_height - 1)
                 painter.fillRect(area, palette.color(QPalette.ColorRole.Window))
                 painter.setPen(palette.color(QPalette.ColorRole.WindowText))
                 painter.drawText(area.adjusted(6, 0, -6, 0), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
@@ -314,7 +325,7 @@ class ImpactPlot(QWidget):
     def _valid_cell(self, cell) -> bool:
         section, row, column = cell
         return 0 <= section < len(self.sections) and 0 <= row < len(self.sections[section].rows) \
-            and 0 <= column < len(COLUMNS)
+            and 0 <= column < len(self.columns)
 
     def _cell_rect(self, cell) -> QRectF | None:
         if cell is None or not self._valid_cell(cell):
@@ -325,7 +336,7 @@ class ImpactPlot(QWidget):
         for index, section in enumerate(self.sections):
             y += title_height
             if index == section_index:
-                if section.tall_other and column == len(COLUMNS) - 1:
+                if section.tall_other and column == len(self.columns) - 1:
                     return QRectF(x0 + column * column_width, y, column_width - 1, row_height * len(section.rows) - 1)
                 return QRectF(x0 + column * column_width, y + row * row_height, column_width - 1, row_height - 1)
             y += row_height * len(section.rows) + 4
@@ -349,7 +360,7 @@ class ImpactPlot(QWidget):
             super().keyPressEvent(event)
             return
         section, row, column = self.cursor if self.cursor is not None else (0, 0, 0)
-        column = max(0, min(len(COLUMNS) - 1, column + step[1]))
+        column = max(0, min(len(self.columns) - 1, column + step[1]))
         row += step[0]
         if row < 0 and section > 0:  # up and down run through the sections as one column
             section -= 1
@@ -365,7 +376,7 @@ class ImpactPlot(QWidget):
         self.cursor = cell
         self.update()
         section = self.sections[cell[0]]
-        lookup = (cell[0], 0, cell[2]) if section.tall_other and cell[2] == len(COLUMNS) - 1 else cell
+        lookup = (cell[0], 0, cell[2]) if section.tall_other and cell[2] == len(self.columns) - 1 else cell
         text = self.details.get(lookup) or section.row_notes.get(cell[1]) or self.cell_label(cell)
         rect = self._cell_rect(cell)
         QToolTip.showText(self.mapToGlobal(rect.bottomRight().toPoint() + QPoint(2, 2)), rich_tooltip(text), self,
@@ -374,7 +385,7 @@ class ImpactPlot(QWidget):
     def cell_label(self, cell) -> str:
         section = self.sections[cell[0]]
         what = "computing…" if cell[1] in section.pending_rows else "nothing: no such module (or none shared)"
-        return f"{COLUMNS[cell[2]]} · {section.rows[cell[1]]}: {what}"
+        return f"{self.columns[cell[2]]} · {section.rows[cell[1]]}: {what}"
 
 
 def _runs(rows) -> list[tuple[int, int]]:
@@ -468,8 +479,8 @@ class ImpactView(QWidget):
             self._show_message(f"Could not compute where {entry.name} acts: {error.removeprefix(f'{entry.path}: ')}")
             return
         self._show_progress()
-        sections, details, strength_max = self._sections(entry)
-        self.plot.set_sections(sections, strength_max, details)
+        sections, details, strength_max, columns = self._sections(entry)
+        self.plot.set_sections(sections, strength_max, details, columns=columns)
         self.summary.setText(self._summary(entry))
 
     def _overlap_rows(self, entry) -> list[tuple[object, str, object]]:
@@ -494,6 +505,7 @@ class ImpactView(QWidget):
         return rows
 
     def _sections(self, entry):
+        columns = columns_for(entry.lora)
         details: dict[tuple[int, int, int], str] = {}
         components = list(zit.COMPONENTS)
         computing = set(range(len(components))) if entry.norms is None else set()
@@ -507,7 +519,7 @@ class ImpactView(QWidget):
             grid = strength_grid(entry.norms, entry.weights)
             ratio = abs(entry.ratio)
             self.effective = {block: {c: v * ratio for c, v in row.items()} for block, row in grid.items()}
-            other_column = len(COLUMNS) - 1
+            other_column = len(columns) - 1
             for section_index, (section, data) in enumerate(((raw, self.strength), (weighted, self.effective))):
                 for block, row in data.items():
                     if block == zit.OTHER:
@@ -520,7 +532,7 @@ class ImpactView(QWidget):
                             + "\n".join(f"{name}: ‖ΔW‖ = {self.strength[zit.OTHER][name]:.4g} → "
                                          f"{self.effective[zit.OTHER][name]:.4g}" for name in row))
                         continue
-                    column = COLUMNS.index(block)
+                    column = columns.index(block)
                     for comp, value in row.items():
                         r = components.index(comp)
                         section.values[(r, column)] = value
@@ -548,7 +560,7 @@ class ImpactView(QWidget):
                     continue
                 self.cosines[other.id] = data
                 for block, value in data.items():
-                    column = COLUMNS.index(block) if block in COLUMNS else None
+                    column = columns.index(block) if block in columns else None
                     if column is None:
                         continue
                     overlap.values[(row, column)] = value
@@ -558,7 +570,7 @@ class ImpactView(QWidget):
                            "they oppose: merged, this block partly cancels" if value < -0.3 else
                            "mostly independent directions"))
             sections.append(overlap)
-        return sections, details, strength_max
+        return sections, details, strength_max, columns
 
     def _summary(self, entry) -> str:
         parts = []

@@ -356,7 +356,8 @@ def entry_details(entry) -> str:
         reason = (entry.error or "not usable").removeprefix(f"{entry.path}: ")
         return f"{name} — <span style='color:{ERROR_COLOUR}'>Not usable: {html.escape(reason)}</span>"
     lora = entry.lora
-    facts = [lora.layout, lora.dtype, f"rank {rank_text(lora)}", f"blocks {blocks_detail(lora)}",
+    facts = [lora.layout, f"for {lora.variant_label}", lora.dtype, f"rank {rank_text(lora)}",
+             f"blocks {blocks_detail(lora)}",
              human_size(entry.size_bytes())]
     lines = [f"{name} — " + html.escape(" · ".join(f for f in facts if f))]
     trigger = lora.training_info().get("trigger")

@@ -46,7 +46,10 @@ class SavePresetDialog(QDialog):
 
 
 class GridPreview(QWidget):
-    """A preset's 34 × 8 grid as a small heat map in the editor's colours: what Apply would give."""
+    """A preset's 34 × 8 grid as a small heat map in the editor's colours: what Apply would give.
+
+    Turbo's 34 blocks: Omni's siglip refiners (SR0, SR1), which few files have, are not shown here
+    (the editor shows them for a file that has them)."""
 
     GAP = 4  # px between the refiners and the layers
     CELL_HEIGHT = 9
@@ -65,10 +68,10 @@ class GridPreview(QWidget):
         self.setAccessibleName("Preset grid preview")
 
     def sizeHint(self) -> QSize:  # noqa: N802
-        return QSize(self._gutter + len(zit.BLOCKS) * 8 + self.GAP, self.minimumHeight())
+        return QSize(self._gutter + len(zit.TURBO_BLOCKS) * 8 + self.GAP, self.minimumHeight())
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802
-        return QSize(self._gutter + len(zit.BLOCKS) * 4 + self.GAP, self.minimumHeight())
+        return QSize(self._gutter + len(zit.TURBO_BLOCKS) * 4 + self.GAP, self.minimumHeight())
 
     def set_weights(self, weights: BlockWeights | None) -> None:
         self._weights = weights.copy() if weights is not None else None
@@ -78,15 +81,15 @@ class GridPreview(QWidget):
         return self._weights.copy() if self._weights is not None else None
 
     def cell_rect(self, block: str, comp: str) -> QRect:
-        column = zit.BLOCKS.index(block)
-        width = (self.width() - self._gutter - self.GAP - 1) / len(zit.BLOCKS)
-        left = self._gutter + column * width + (self.GAP if column >= zit.BLOCKS.index("L00") else 0)
+        column = zit.TURBO_BLOCKS.index(block)
+        width = (self.width() - self._gutter - self.GAP - 1) / len(zit.TURBO_BLOCKS)
+        left = self._gutter + column * width + (self.GAP if column >= zit.TURBO_BLOCKS.index("L00") else 0)
         row = zit.COMPONENTS.index(comp)
         return QRect(round(left), row * self.CELL_HEIGHT + 1, max(round(left + width) - round(left) - 1, 1),
                      self.CELL_HEIGHT - 1)
 
     def cell_at(self, pos) -> tuple[str, str] | None:
-        for block in zit.BLOCKS:
+        for block in zit.TURBO_BLOCKS:
             for comp in zit.COMPONENTS:
                 if self.cell_rect(block, comp).adjusted(0, 0, 1, 1).contains(pos):
                     return block, comp
@@ -105,13 +108,13 @@ class GridPreview(QWidget):
             painter.drawText(QRect(0, row * self.CELL_HEIGHT, self._gutter - 3, self.CELL_HEIGHT),
                              Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, comp)
         # The gaps between cells in a darker tone: cells at 1 are nearly the window's colour.
-        first, last = self.cell_rect(zit.BLOCKS[0], zit.COMPONENTS[0]), self.cell_rect("L29", zit.COMPONENTS[-1])
+        first, last = self.cell_rect(zit.TURBO_BLOCKS[0], zit.COMPONENTS[0]), self.cell_rect("L29", zit.COMPONENTS[-1])
         gaps = self.palette().color(QPalette.ColorRole.Mid)
         for left, right in ((first.left(), self.cell_rect("CR1", "q").right()),
                             (self.cell_rect("L00", "q").left(), last.right())):
             painter.fillRect(QRect(left - 1, first.top(), right - left + 3, last.bottom() - first.top() + 2), gaps)
         hatch = QBrush(self.palette().color(QPalette.ColorRole.Dark), Qt.BrushStyle.BDiagPattern)
-        for block in zit.BLOCKS:
+        for block in zit.TURBO_BLOCKS:
             for comp in zit.COMPONENTS:
                 rect = self.cell_rect(block, comp)
                 if has_cell(block, comp):

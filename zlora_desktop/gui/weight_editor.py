@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from PySide6.QtCore import QAbstractTableModel, QEvent, QModelIndex, QSize, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QEvent, QItemSelectionModel, QModelIndex, QSize, Qt, Signal
 from PySide6.QtGui import (QBrush, QColor, QDoubleValidator, QFont, QFontDatabase, QFontInfo, QFontMetrics, QPainter,
                            QPalette, QPen)
 from PySide6.QtWidgets import (QAbstractItemDelegate, QAbstractItemView, QApplication, QDialog, QDialogButtonBox,
@@ -129,8 +129,14 @@ def tool_button(text: str, tooltip: str, slot) -> QToolButton:
 # ---- the full grid ---------------------------------------------------------------------------
 
 
+# How the header's tooltip names each kind of block.
+BLOCK_KINDS = {"NR": "noise refiner", "CR": "context refiner (text tokens, no adaLN)",
+               "SR": "siglip refiner (Z-Image-Omni-Base: image-condition tokens, no adaLN)"}
+
+
 class WeightGridModel(QAbstractTableModel):
-    """Rows: the 8 components; columns: the 34 blocks in forward order."""
+    """Rows: the 8 components; columns: the blocks in forward order, Turbo's 34, or 36 with Omni's
+    siglip refiners for a file that has them (set_blocks)."""
 
     editRequested = Signal(object, str)  # {(block, comp): value}, undo text
 
@@ -139,6 +145,17 @@ class WeightGridModel(QAbstractTableModel):
         self._weights = BlockWeights()
         self._roles = roles
         self._enabled = False
+        self._blocks: tuple[str, ...] = zit.TURBO_BLOCKS
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        return self._blocks
+
+    def set_blocks(self, blocks: tuple[str, ...]) -> None:
+        if tuple(blocks) != self._blocks:
+            self.beginResetModel()
+            self._blocks = tuple(blocks)
+            self.endResetModel()
 
     def set_weights(self, weights: BlockWeights | None) -> None:
         self._enabled = weights is not None
@@ -148,18 +165,17 @@ class WeightGridModel(QAbstractTableModel):
     def weights(self) -> BlockWeights:
         return self._weights.copy()
 
-    @staticmethod
-    def cell(index: QModelIndex) -> tuple[str, str]:
-        return zit.BLOCKS[index.column()], zit.COMPONENTS[index.row()]
+    def cell(self, index: QModelIndex) -> tuple[str, str]:
+        return self._blocks[index.column()], zit.COMPONENTS[index.row()]
 
     def index_of(self, block: str, comp: str) -> QModelIndex:
-        return self.index(zit.COMPONENTS.index(comp), zit.BLOCKS.index(block))
+        return self.index(zit.COMPONENTS.index(comp), self._blocks.index(block))
 
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802
         return 0 if parent.isValid() else len(zit.COMPONENTS)
 
     def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802
-        return 0 if parent.isValid() else len(zit.BLOCKS)
+        return 0 if parent.isValid() else len(self._blocks)
 
     def flags(self, index):
         block, comp = self.cell(index)
@@ -173,7 +189,7 @@ class WeightGridModel(QAbstractTableModel):
         block, comp = self.cell(index)
         if not has_cell(block, comp):
             if role == Qt.ItemDataRole.ToolTipRole:
-                return f"{block} is a context refiner: it has no adaLN"
+                return f"{block} is a {BLOCK_KINDS[block[:2]].split(' (')[0]}: it has no adaLN"
             return None
         value = self._weights.get(block, comp)
         if role == Qt.ItemDataRole.DisplayRole:
@@ -197,11 +213,11 @@ class WeightGridModel(QAbstractTableModel):
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
         if orientation == Qt.Orientation.Horizontal:
-            block = zit.BLOCKS[section]
+            block = self._blocks[section]
             if role == Qt.ItemDataRole.DisplayRole:
                 return block
             if role == Qt.ItemDataRole.ToolTipRole:
-                kind = {"NR": "noise refiner", "CR": "context refiner (text tokens, no adaLN)"}.get(block[:2], "layer")
+                kind = BLOCK_KINDS.get(block[:2], "layer")
                 return tip(f"{block}: {kind} ({zit.block_prefix(block)}). Click to select the whole block.")
         else:
             comp = zit.COMPONENTS[section]
@@ -321,6 +337,7 @@ class WeightGridView(QTableView):
             header.customContextMenuRequested.connect(self._header_menu)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.customContextMenuRequested.connect(self._cell_menu)
+        self.selectionModel().currentChanged.connect(self._skip_absent_cell)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setToolTip(tip("Double-click or type a number to set a cell (or every selected cell); Delete resets "
                             "the selection to 1. Click a header to select a whole row or column. Arrow keys move "
@@ -330,7 +347,7 @@ class WeightGridView(QTableView):
         # Modest: columns just over their minimum, so that the side panels keep their width at 1280 px;
         # any extra room widens the columns (and the cell font grows back to the headers').
         metrics = QFontMetrics(self._header_font)
-        width = self.verticalHeader().sizeHint().width() + len(zit.BLOCKS) * (
+        width = self.verticalHeader().sizeHint().width() + self.model().columnCount() * (
             self.horizontalHeader().minimumSectionSize() + 2)
         height = self.horizontalHeader().sizeHint().height() + len(zit.COMPONENTS) * (metrics.height() + 4)
         return QSize(width, height)
@@ -346,7 +363,8 @@ class WeightGridView(QTableView):
 
     def _fit_cell_font(self) -> None:
         """The largest font (up to the headers') in which every value fits its column with a margin."""
-        width = max(self.viewport().width() // len(zit.BLOCKS), self.horizontalHeader().minimumSectionSize())
+        width = max(self.viewport().width() // max(self.model().columnCount(), 1),
+                    self.horizontalHeader().minimumSectionSize())
         font = QFont(self._header_font)
         points = font.pointSizeF()
         while points > MIN_CELL_POINTS and \
@@ -356,8 +374,20 @@ class WeightGridView(QTableView):
         if font.pointSizeF() != self.font().pointSizeF():
             self.setFont(font)
 
+    def _skip_absent_cell(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        """A block's header click makes its first row current: for a context or siglip refiner that
+        is the adaLN cell it lacks, where a typed value would go nowhere. Its first real cell instead."""
+        model = self.model()
+        if not current.isValid() or model.flags(current) != Qt.ItemFlag.NoItemFlags:
+            return
+        for row in range(model.rowCount()):
+            index = model.index(row, current.column())
+            if model.flags(index) != Qt.ItemFlag.NoItemFlags:
+                self.selectionModel().setCurrentIndex(index, QItemSelectionModel.SelectionFlag.NoUpdate)
+                return
+
     def selected_cells(self) -> list[tuple[str, str]]:
-        cells = [WeightGridModel.cell(i) for i in self.selectionModel().selectedIndexes()]
+        cells = [self.model().cell(i) for i in self.selectionModel().selectedIndexes()]
         return [c for c in cells if has_cell(*c)]
 
     def set_selected(self, value: float) -> None:
@@ -473,7 +503,10 @@ class AllBlocksTab(QWidget):
         layout.addWidget(self.grid, 1)
         self._update_selection_label()
 
-    def show_weights(self, weights: BlockWeights | None) -> None:
+    def show_weights(self, weights: BlockWeights | None, blocks: tuple[str, ...] = zit.TURBO_BLOCKS) -> None:
+        if tuple(blocks) != self.grid_model.blocks:
+            self.grid_model.set_blocks(blocks)
+            self.grid._fit_cell_font()  # the columns' width changed with their number
         self.grid_model.set_weights(weights)
         other = weights.other if weights is not None else 1.0
         if self.other.value() != other:  # not the echo of what is being typed: that would reformat it
@@ -690,8 +723,13 @@ class CategoryTab(QWidget):
         refiners.setFont(band_font)
         refiners.setAlignment(Qt.AlignmentFlag.AlignCenter)
         refiners.setFrameShape(QFrame.Shape.StyledPanel)
-        refiners.setToolTip(tip("Noise refiners (image tokens) and context refiners (text tokens, no adaLN)"))
-        grid.addWidget(refiners, 1, columns["NR0"], 1, columns["CR1"] - columns["NR0"] + 1)
+        refiners.setToolTip(tip("Noise refiners (image tokens), context refiners (text tokens, no adaLN) and, "
+                                "for Z-Image-Omni-Base files, siglip refiners (image-condition tokens, no adaLN)"))
+        grid.addWidget(refiners, 1, columns["NR0"], 1, columns["SR1"] - columns["NR0"] + 1)
+        # Omni's siglip refiners have sliders only while the LoRA shown has them (show_weights).
+        self._grid, self._columns = grid, columns
+        self._blocks: tuple[str, ...] = zit.BLOCKS
+        self._show_blocks(zit.TURBO_BLOCKS)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
@@ -733,7 +771,18 @@ class CategoryTab(QWidget):
     def cells(self, block: str) -> list[tuple[str, str]]:
         return [(block, comp) for comp in self.components if has_cell(block, comp)]
 
-    def show_weights(self, weights: BlockWeights | None) -> None:
+    def _show_blocks(self, blocks: tuple[str, ...]) -> None:
+        if tuple(blocks) == self._blocks:
+            return
+        self._blocks = tuple(blocks)
+        for block in zit.SIGLIP_BLOCKS:
+            slider, shown = self.sliders[block], block in blocks
+            slider.setVisible(shown)
+            self._grid.setColumnMinimumWidth(self._columns[block], slider.minimum_width() if shown else 0)
+            self._grid.setColumnStretch(self._columns[block], 1 if shown else 0)
+
+    def show_weights(self, weights: BlockWeights | None, blocks: tuple[str, ...] = zit.TURBO_BLOCKS) -> None:
+        self._show_blocks(blocks)
         if not self._master_editing:
             self._end_master_gesture()  # the values changed under it: a new scale starts from them
         enabled = weights is not None
@@ -837,16 +886,19 @@ above, <code>L05.adaLN</code> is 0.8 × 0.5 = 0.4, <code>L16.w2</code> is 1.3, <
 <li><code>default</code>, <code>all</code> or <code>*</code>: every cell and <code>other</code> (embedders, final
 layer); <code>other</code>: only those.</li>
 <li>Blocks: <code>L05</code> (or <code>L5</code>), ranges in model order <code>L00-L09</code>, groups
-<code>L</code> (all 30 layers), <code>NR</code>, <code>CR</code>, <code>refiners</code>.</li>
+<code>L</code> (all 30 layers), <code>NR</code>, <code>CR</code>, <code>SR</code>, <code>refiners</code> (all three).
+<code>SR0</code>, <code>SR1</code> are Z-Image-Omni-Base's siglip refiners: they weight only files that have
+them (the grid shows their columns for such a file).</li>
 <li>Components: <code>adaLN q k v out w1 w2 w3</code>, groups <code>attn</code> (q,k,v,out), <code>ff</code>
 (w1,w2,w3), <code>qkv</code>.</li>
 <li>Lists match every named block × every named component: <code>L00,L05=0.5</code>, <code>q,k=1.2</code>;
 <code>BLOCKS.COMPONENTS</code> narrows both: <code>L16-L24.w1,w2,w3=1.3</code>, <code>NR.attn=0</code>.</li>
 <li>A preset and weights together: the preset's grid first, the weights' rules on top.</li>
-<li>Context refiners have no adaLN; their adaLN cell matches nothing.</li>
+<li>Context and siglip refiners have no adaLN; their adaLN cell matches nothing.</li>
 </ul>
-<p>LBW vectors (Presets ▸ Import/Export): <code>NAME:v1,…,v30</code> (layers L00…L29; refiners stay 1) or
-<code>NAME:v1,…,v34</code> (NR0, NR1, CR0, CR1, then L00…L29).</p>
+<p>LBW vectors (Presets ▸ Import/Export): <code>NAME:v1,…,v30</code> (layers L00…L29; refiners stay 1),
+<code>NAME:v1,…,v34</code> (NR0, NR1, CR0, CR1, then L00…L29; SR stays 1) or <code>NAME:v1,…,v36</code>
+(NR0, NR1, CR0, CR1, SR0, SR1, then L00…L29).</p>
 <p>In the editor, type the rules in the line under the grid; Enter (or leaving the line) applies them, and the
 line is rewritten in the engine's own form.</p>
 """
@@ -991,6 +1043,12 @@ class WeightEditor(QWidget):
         entry = self.entry()
         return entry.weights.copy() if entry is not None else None
 
+    def blocks(self) -> tuple[str, ...]:
+        """The blocks shown: those of the model the entry's file targets (Omni adds SR0, SR1)."""
+        entry = self.entry()
+        lora = entry.lora if entry is not None else None
+        return lora.model_blocks if lora is not None else zit.TURBO_BLOCKS
+
     def _on_current_changed(self, entry_id: int) -> None:
         self._entry_id = entry_id
         self._text_dirty = False
@@ -999,7 +1057,7 @@ class WeightEditor(QWidget):
     def _on_tab_changed(self, _index: int) -> None:
         tab = self.tabs.currentWidget()
         if tab in self._stale_tabs:
-            tab.show_weights(self.weights())
+            tab.show_weights(self.weights(), self.blocks())
             self._stale_tabs.discard(tab)
 
     def _on_weights_changed(self, entry_id: int) -> None:
@@ -1007,19 +1065,24 @@ class WeightEditor(QWidget):
             self._show()
 
     def _on_entry_changed(self, entry_id: int) -> None:
-        if entry_id == self._entry_id:
+        if entry_id != self._entry_id:
+            return
+        if self.blocks() != self.all_blocks.grid_model.blocks:  # its file was read: Omni or not
+            self._show()
+        else:
             self._refresh_title()
 
     def _show(self) -> None:
         weights = self.weights()
         self.pages.setCurrentWidget(self.content if weights is not None else self.placeholder)
-        self.all_blocks.show_weights(weights)
+        blocks = self.blocks()
+        self.all_blocks.show_weights(weights, blocks)
         # Only the visible category tab is updated now (a drag updates on every step); the others
         # catch up when they are shown.
         current = self.tabs.currentWidget()
         self._stale_tabs = set(self.category_tabs.values())
         if current in self._stale_tabs:
-            current.show_weights(weights)
+            current.show_weights(weights, blocks)
             self._stale_tabs.discard(current)
         for widget in (self.text, self.reset_all_button, self.copy_all_button):
             widget.setEnabled(weights is not None)
