@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from conftest import relative_error, written_deltas
 from zlora_desktop.cli import main
 from zlora_desktop.core import keys, model
+from zlora_desktop.core.loaders import loader_reports
 from zlora_desktop.core.lora_file import LoraFile
 from zlora_desktop.core.merge import merge
 from zlora_desktop.core.recipe import Recipe, RecipeInput
@@ -179,7 +180,11 @@ def test_variant_from_keys_and_shapes(tmp_path, extra, variant, evidence):
 def test_comfyui_warning_counts_the_siglip_modules_it_does_not_map(tmp_path, layout, skipped, example):
     path = tmp_path / f"{layout}.safetensors"
     write_sample(path, SampleSpec(layout=layout, rank=2, layers=1, variant="omni", dtype="fp32"))
-    warnings = [w for w in LoraFile.open(path).warnings if "siglip" in w]
+    lora = LoraFile.open(path)
+    warnings = [w for w in lora.warnings if "siglip" in w]
+    comfy = next(r for r in loader_reports(lora) if r.loader == "comfyui")
+    skipped_siglip = [m for group in comfy.skipped for m in group.modules if keys.omni_only(m)]
+    assert len(skipped_siglip) == skipped  # the loader report and the warning agree
     if not skipped:
         assert warnings == []
     else:

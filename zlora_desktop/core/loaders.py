@@ -54,6 +54,7 @@ class Form:
     joiner: str
     suffixes: tuple[str, ...]
     when: str | None = None
+    turbo_only: bool = False  # mapped through a Turbo-only name table: Omni's siglip modules are not
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,12 @@ LOADERS: tuple[Loader, ...] = (
             # model_lora_keys_unet: every weight of its own model as lora_unet_<name> and diffusion_model.<name>
             Form("lora_unet_", "comfy", "_", _ANY_SUFFIX),
             Form("diffusion_model.", "comfy", ".", _ANY_SUFFIX),
-            # ... and, for Lumina2/Z-Image, the diffusers names under four prefixes
-            Form("diffusion_model.", "diffusers", ".", _ANY_SUFFIX),
-            Form("transformer.", "diffusers", ".", _ANY_SUFFIX),
-            Form("lycoris_", "diffusers", "_", _ANY_SUFFIX),
-            Form("", "diffusers", ".", _ANY_SUFFIX),
+            # ... and, for Lumina2/Z-Image, the diffusers names under four prefixes, through
+            # z_image_to_diffusers, which knows Turbo's modules only (keys.comfyui_skips)
+            Form("diffusion_model.", "diffusers", ".", _ANY_SUFFIX, turbo_only=True),
+            Form("transformer.", "diffusers", ".", _ANY_SUFFIX, turbo_only=True),
+            Form("lycoris_", "diffusers", "_", _ANY_SUFFIX, turbo_only=True),
+            Form("", "diffusers", ".", _ANY_SUFFIX, turbo_only=True),
         ),
         kinds=_ALL_KINDS,
         header_alpha=False,
@@ -286,6 +288,8 @@ def _maps(loader: Loader, module: str, form: KeyForm, conditions: set[str]) -> b
             continue
         if rule.when is not None and rule.when not in conditions:
             continue
+        if rule.turbo_only and keys.omni_only(module):
+            continue
         wanted = "comfy" if rule.names == "comfy blocks" else rule.names
         if wanted in names and (rule.names != "comfy blocks" or model.split_module(module) is not None):
             return True
@@ -318,7 +322,7 @@ def _report(loader: Loader, lora, forms: dict[str, list[KeyForm]], conditions: s
             form = next((f for f in spelled if _maps(loader, name, f, conditions)), None)
             if form is None:
                 first = spelled[0] if spelled else None
-                _skip(skipped, _unmapped_reason(loader, first, conditions), name, first.stem if first else "")
+                _skip(skipped, _unmapped_reason(loader, name, first, conditions), name, first.stem if first else "")
                 continue
         report.applied += 1
         if form is None or info.scale == 0:
@@ -344,13 +348,16 @@ def _skip(groups: dict[str, Skipped], reason: str, module: str, example: str = "
     groups.setdefault(reason, Skipped(reason, [], example)).modules.append(module)
 
 
-def _unmapped_reason(loader: Loader, form: KeyForm | None, conditions: set[str]) -> str:
+def _unmapped_reason(loader: Loader, module: str, form: KeyForm | None, conditions: set[str]) -> str:
     if form is None:
         return "no key found"
     if form.prefix == "transformer." and "converted" in conditions and any(
             r.when == "not converted" and r.prefix == "transformer." for r in loader.forms):
         return "`transformer.` keys are not mapped in a file that also has .alpha, diffusion_model., " \
                "lora_unet_ or .default keys"
+    if keys.omni_only(module) and any(r.turbo_only for r in loader.forms):
+        return "Omni's siglip modules are mapped only under its own names (diffusion_model./lora_unet_ + " \
+               "attention.qkv, attention.out, feed_forward.w1-w3, siglip_embedder.1)"
     what = ("ComfyUI module names" if form.names == {"comfy"} else
             "diffusers module names" if "diffusers" in form.names else "these module names")
     reason = f"{what} under `{form.prefix or '(no prefix)'}` with {_SUFFIX_TEXT[form.suffix]} keys are not mapped"
