@@ -273,7 +273,10 @@ def cmd_merge(args) -> int:
         if show:
             print(f"\r[{done}/{total}] {module:<48}", end="", file=sys.stderr, flush=True)
 
-    report = merge(recipe, progress=progress)
+    def notice(warning: str) -> None:  # before any module is merged: what is left out is never a surprise
+        print(f"zlora: warning: {warning}", file=sys.stderr, flush=True)
+
+    report = merge(recipe, progress=progress, notice=notice)
     if show:
         print(file=sys.stderr)
     if args.json:
@@ -288,7 +291,7 @@ def report_json(report) -> dict:
     return {
         "output": report.output, "format": report.format, "method": report.method, "device": report.device,
         "dtype": report.dtype, "output_bytes": report.output_bytes, "seconds": round(report.seconds, 3),
-        "dropped": report.dropped, "warnings": report.warnings,
+        "dropped": report.dropped, "warnings": report.warnings, "bias_modules": report.bias_modules,
         "worst_module": worst.module if worst and report.method == "svd" else None,
         "modules": [{"module": s.module, "rank_in": s.rank_in, "rank_out": s.rank_out,
                      "kept_energy": s.kept_energy, "rel_error": s.rel_error} for s in report.modules],

@@ -600,6 +600,17 @@ class Document:
                     f"(an exact merge gives the same result at rank {total})")
         return None
 
+    def bias_note(self) -> str | None:
+        """Said when the chosen format will leave out the bias deltas of inputs that carry them."""
+        if self.output.format in options.BIAS_FORMATS:
+            return None
+        names = [e.name for e in self._entries if e.merged and e.lora is not None and e.lora.bias_modules]
+        if not names:
+            return None
+        return (f"{', '.join(names)} {'has' if len(names) == 1 else 'have'} bias deltas that format "
+                f"{self.output.format} cannot hold: they will be left out; format "
+                f"{' or '.join(options.BIAS_FORMATS)} keeps them (ComfyUI applies them)")
+
     # ---- recipes (the document's file form) -----------------------------------------------------
 
     def _input_for(self, entry: Entry) -> RecipeInput:

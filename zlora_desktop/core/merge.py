@@ -54,6 +54,7 @@ class MergeReport:
     # Absolute input path -> (size, mtime_ns, sha256) as recorded in the output: a caller can keep
     # them for the next merge's ``known_digests``.
     input_digests: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    bias_modules: list[str] = field(default_factory=list)  # modules written with a bias ΔW (diff_b)
 
     @property
     def worst(self) -> ModuleStats | None:
@@ -68,6 +69,8 @@ class MergeReport:
             energy = min(s.kept_energy for s in self.modules)
             lines.append(f"svd: output ranks {ranks[0]}–{ranks[-1]}, lowest kept energy {energy:.4%}, "
                          f"worst module {worst.module} (relative error {worst.rel_error:.3e})")
+        if self.bias_modules:
+            lines.append(f"{len(self.bias_modules)} modules carry a bias delta (diff_b)")
         if self.dropped:
             lines.append(f"{len(self.dropped)} modules at weight 0 left out")
         lines.extend(f"warning: {w}" for w in self.warnings)
@@ -152,12 +155,14 @@ def check_compatible(loras: list[LoraFile]) -> None:
 
 def merge(recipe: Recipe, progress: ProgressCallback | None = None,
           cancel: Callable[[], bool] | threading.Event | None = None, presets=None,
-          known_digests: KnownDigests | None = None) -> MergeReport:
+          known_digests: KnownDigests | None = None, notice: Callable[[str], None] | None = None) -> MergeReport:
     """Run a recipe end to end and write its output. Raises ZLoraError or CancelledError.
 
     ``cancel`` is polled between modules, while the inputs' hashes are awaited, between the
     output's tensors and right before the final rename: a cancel at any point leaves no file.
     ``known_digests`` spares hashing inputs the caller hashed already (see ``KnownDigests``).
+    ``notice`` is told each warning known before any module is computed (what the inputs are,
+    what the format leaves out), while the merge runs; the report keeps them all.
     """
     import torch
 
@@ -205,6 +210,15 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         comfy_skips = [m for m in contributions if keys.comfyui_skips(module_stem(m, recipe.format)[0], m)]
         if comfy_skips:
             report.warnings.append(f"format {recipe.format}: {options.siglip_caveat(len(comfy_skips))}")
+        biases = {name for name, terms in contributions.items()
+                  if any(lora.modules[name].bias_key is not None for lora, _ in terms)}
+        if biases and recipe.format not in options.BIAS_FORMATS:
+            report.warnings.append(dropped_bias_message(recipe.format, biases, contributions))
+            biases = set()
+        report.bias_modules = sorted(biases, key=model.module_order)
+        if notice is not None:
+            for warning in report.warnings:
+                notice(warning)
         # The recipe's metadata with placeholder digests: a sha256 is 64 hex digits whatever its
         # value, so the header planned now keeps its length when the real digests arrive.
         placeholder = output_metadata(recipe, inputs, ["0" * 64] * len(inputs))
@@ -230,10 +244,11 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
                 stats = ModuleStats(name, down.shape[0], down.shape[0])
             if not (all_finite(down) and all_finite(up)):  # finite inputs, yet scaled past the dtype's range
                 raise _overflow(name, terms, sources, dtype)
-            return down, up, stats
+            bias = _bias_delta(name, contributions[name], dtype) if name in biases else None
+            return down, up, stats, bias
 
         def computed():
-            """(name, down, up, stats) module by module, polling cancel and reporting progress."""
+            """(name, down, up, stats, bias) module by module, polling cancel and reporting progress."""
             for index, name in enumerate(names):
                 check_cancel()
                 if progress:
@@ -244,7 +259,7 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         format_metadata: dict[str, str] = {}
 
         def start_writing(shapes: dict[str, tuple[int, int, int]]) -> ModuleWriter:
-            specs, planned_metadata = plan_tensors(shapes, recipe.format, dtype)
+            specs, planned_metadata = plan_tensors(shapes, recipe.format, dtype, biases)
             format_metadata.update(planned_metadata)
             stream = target.open(specs, {**format_metadata, **placeholder})
             return ModuleWriter(stream, shapes, recipe.format, dtype)
@@ -252,20 +267,21 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         if recipe.method == "exact" or recipe.rank != "auto":
             # Every shape is known before computing: each module goes to disk as it is made.
             writer = start_writing({name: _planned_shape(recipe, name, terms) for name, terms in contributions.items()})
-            for name, down, up, stats in computed():
+            for name, down, up, stats, bias in computed():
                 report.modules.append(stats)
-                writer.put(name, down, up)
+                writer.put(name, down, up, bias)
                 del down, up
         else:
             # With rank "auto" the output ranks are known only once computed: the small output
             # factors are kept (never the inputs), then written.
             results = []
-            for name, down, up, stats in computed():
+            for name, down, up, stats, bias in computed():
                 report.modules.append(stats)
-                results.append((name, down, up))
-            writer = start_writing({name: (down.shape[0], up.shape[0], down.shape[1]) for name, down, up in results})
-            for name, down, up in results:
-                writer.put(name, down, up)
+                results.append((name, down, up, bias))
+            writer = start_writing({name: (down.shape[0], up.shape[0], down.shape[1])
+                                    for name, down, up, _ in results})
+            for name, down, up, bias in results:
+                writer.put(name, down, up, bias)
             del results
         check_cancel()
         if progress:
@@ -283,6 +299,33 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     report.output_bytes = os.path.getsize(recipe.output)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def dropped_bias_message(fmt: str, modules, contributions) -> str:
+    """What a format that cannot hold bias deltas leaves out, and which format keeps them."""
+    files = sorted({os.path.basename(lora.path) for name in modules for lora, _ in contributions[name]
+                    if lora.modules[name].bias_key is not None})
+    keep = " or ".join(options.BIAS_FORMATS)
+    return (f"{len(modules)} modules have bias deltas (diff_b / lora_B.bias, from {', '.join(files)}) that format "
+            f"{fmt} cannot hold (diffusers refuses them): they are left out of the output; write format {keep} "
+            "to keep them (ComfyUI applies them)")
+
+
+def _bias_delta(name: str, terms, dtype):
+    """Σ cᵢ · bias ΔWᵢ of module ``name`` (inputs without one add nothing), float32 then ``dtype``:
+    a bias delta is linear in the strength, so it takes the whole factor, unsplit."""
+    import torch
+
+    total = None
+    for lora, factor in terms:
+        bias = lora.load_bias(name)
+        if bias is not None:
+            total = bias * factor if total is None else total.add_(bias, alpha=factor)
+    result = total.to(dtype)
+    if not all_finite(result):
+        raise ZLoraError(f"module {name}: its bias delta times ratio and weight passes the largest "
+                         f"{dtypes.torch_name(dtype)} ({float(torch.finfo(dtype).max):.3g}); lower the ratio")
+    return result
 
 
 def _planned_shape(recipe: Recipe, name: str, terms) -> tuple[int, int, int]:

@@ -53,3 +53,9 @@ def siglip_caveat(count: int) -> str:
     "Model variants")."""
     return (f"ComfyUI does not apply the {count} siglip modules (Z-Image-Omni-Base: SR0/SR1, siglip_embedder) "
             "written here under diffusers names; for ComfyUI write 'comfyui'.")
+
+
+# Bias deltas (``diff_b``, PEFT ``lora_B.bias``) are written as ``<stem>.diff_b``, which ComfyUI adds
+# to the module's bias at the LoRA's strength. Only the comfyui format carries them: diffusers'
+# Z-Image loader refuses a file with diff_b keys, so the formats it loads leave them out (said).
+BIAS_FORMATS = ("comfyui",)

@@ -324,7 +324,11 @@ class OutputPanel(QWidget):
         busy = self.controller.busy
         self._show_path_note()
         caveat = options.FORMAT_CAVEATS.get(self.session.output.format)
-        self._set_note(self.format_note, html.escape(caveat[1]) if caveat else "")
+        notes = [caveat[1]] if caveat else []
+        bias = self.session.document.bias_note()
+        if bias:
+            notes.append(bias)
+        self._set_note(self.format_note, "<br>".join(html.escape(n) for n in notes))
         note = self.session.document.svd_note()
         self._set_note(self.rank_note, html.escape(note) if note else "")
         usable = any(e.merged for e in self.session.model.entries)
