@@ -44,6 +44,21 @@ def relative_error(actual, expected) -> float:
     return float(torch.linalg.norm(actual.double() - expected) / denominator)
 
 
+def write_full_lokr(path, alpha_over_dim: tuple[str, str] | None = ("16", "64"), seed: int = 3):
+    """A kohya-named LoKr of layers.0.attention.to_q with both factors full (8 × 8 ⊗ 8 × 8 = 64 × 64)
+    and, unless None, metadata ss_network_alpha / ss_network_dim; returns its ΔW at scale 1 (float64)."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    stem = "lora_unet_layers_0_attention_to_q"
+    tensors = {f"{stem}.lokr_w1": torch.randn(8, 8, generator=g), f"{stem}.lokr_w2": torch.randn(8, 8, generator=g),
+               f"{stem}.alpha": torch.tensor(16.0)}
+    metadata = {"ss_network_alpha": alpha_over_dim[0], "ss_network_dim": alpha_over_dim[1]} if alpha_over_dim else None
+    save_file(tensors, str(path), metadata=metadata)
+    return torch.kron(tensors[f"{stem}.lokr_w1"].double(), tensors[f"{stem}.lokr_w2"].double())
+
+
 def written_deltas(path) -> dict:
     """Every module's ΔW of a written file, through the engine's reader (float64)."""
     from zlora_desktop.core.analysis import dense_deltas

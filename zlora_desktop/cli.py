@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block weights per input in the weight syntax (one value applies to all)")
     p.add_argument("--preset", action="append", default=[],
                    help="preset per input (one value applies to all); --weights apply on top")
+    p.add_argument("--lokr-scale", action="append", default=[], choices=tuple(options.LOKR_SCALES),
+                   help="per input (one value applies to all): how a LoKr with both factors full is scaled: "
+                        "'loader' (alpha ignored, as ComfyUI and diffusers) or 'alpha_over_dim' (× its metadata's "
+                        "ss_network_alpha/ss_network_dim, as some trainers applied it)")
     p.add_argument("--format", choices=tuple(options.FORMATS))
     p.add_argument("--method", choices=tuple(options.METHODS))
     p.add_argument("--rank", help="svd target rank, or 'auto' (by kept energy)")
@@ -224,6 +228,9 @@ def recipe_from_args(args) -> Recipe:
                 setattr(recipe, option, getattr(args, option))
         if args.rank is not None:
             recipe.rank = _rank(args.rank)
+        if args.lokr_scale:
+            for item, reading in zip(recipe.inputs, _per_input(args.lokr_scale, len(recipe.inputs), "--lokr-scale")):
+                item.lokr_scale = reading
         return recipe
     if not args.inputs:
         raise ZLoraError("no input LoRAs given (or use --recipe)")
@@ -235,9 +242,12 @@ def recipe_from_args(args) -> Recipe:
     ratios = _per_input(args.ratio, count, "--ratio")
     weights = _per_input(args.weights, count, "--weights") if args.weights else [""] * count
     presets = _per_input(args.preset, count, "--preset") if args.preset else [None] * count
+    readings = (_per_input(args.lokr_scale, count, "--lokr-scale") if args.lokr_scale
+                else [options.DEFAULT_LOKR_SCALE] * count)
     method = args.method or ("svd" if args.rank else "exact")
     return Recipe(
-        inputs=[RecipeInput(os.path.abspath(p), r, w, s) for p, r, w, s in zip(args.inputs, ratios, weights, presets)],
+        inputs=[RecipeInput(os.path.abspath(p), r, w, s, lokr_scale=k)
+                for p, r, w, s, k in zip(args.inputs, ratios, weights, presets, readings)],
         output=os.path.abspath(args.output), format=args.format or "aitoolkit", method=method,
         rank=_rank(args.rank) if args.rank else None, energy=args.energy or 0.99,
         dtype=args.dtype or "auto", device=args.device or "auto")

@@ -7,7 +7,7 @@ workers) through ``file_read`` / ``file_failed`` / ``file_hashed``. Observers su
 
 - ``("inserted", row, entries)``, ``("removed", row, entry)``, ``("moved", old_row, new_row, entry)``,
   ``("reset",)``: the list's structure;
-- ``("entry", entry, field)`` with field ``ratio``, ``enabled``, ``weights`` or ``file``;
+- ``("entry", entry, field)`` with field ``ratio``, ``enabled``, ``weights``, ``lokr_scale`` or ``file``;
 - ``("output",)``, ``("recipe_path",)``, ``("presets",)``;
 - ``("message", text)``: one line worth telling the user (a duplicate unticked, a problem found);
 - ``("focus", entry_ids)``: an undo or redo changed these entries, show them.
@@ -47,6 +47,7 @@ class Entry:
     enabled: bool = True
     weights: BlockWeights = field(default_factory=BlockWeights)
     preset: str | None = None  # the preset the weights came from, as a label
+    lokr_scale: str = options.DEFAULT_LOKR_SCALE  # how a full-rank LoKr file is scaled (options.LOKR_SCALES)
     id: int = field(default_factory=lambda: next(_ids))
     state: str = LOADING
     lora: object = None  # core.lora_file.LoraFile (header only), once read
@@ -197,6 +198,22 @@ class EnabledCommand(Command):
         self._doc._put_enabled(self._entry_id, not self._enabled)
 
 
+class LokrScaleCommand(Command):
+    def __init__(self, doc: "Document", entry_id: int, old: str, new: str, text: str):
+        super().__init__(text)
+        self._doc, self._entry_id, self._old, self._new = doc, entry_id, old, new
+
+    @property
+    def entry_ids(self) -> list[int]:
+        return [self._entry_id]
+
+    def redo(self) -> None:
+        self._doc._put_lokr_scale(self._entry_id, self._new)
+
+    def undo(self) -> None:
+        self._doc._put_lokr_scale(self._entry_id, self._old)
+
+
 class AddEntriesCommand(Command):
     def __init__(self, doc: "Document", entries: list[Entry], row: int, text: str):
         super().__init__(text)
@@ -345,6 +362,17 @@ class Document:
         if entry is None or entry.enabled == enabled or entry.state == FAILED:
             return
         self._push(EnabledCommand(self, entry_id, enabled, f"{'Include' if enabled else 'Leave out'} {entry.name}"))
+
+    def set_lokr_scale(self, entry_id: int, reading: str) -> None:
+        """How a full-rank LoKr entry is scaled: "loader" or "alpha_over_dim" (options.LOKR_SCALES)."""
+        entry = self.entry(entry_id)
+        if reading not in options.LOKR_SCALES:
+            raise ZLoraError(f"unknown LoKr scale reading {reading!r}")
+        if entry is None or entry.lokr_scale == reading:
+            return
+        text = (f"Read {entry.name} × alpha/dim" if reading == "alpha_over_dim"
+                else f"Read {entry.name} as the loaders do")
+        self._push(LokrScaleCommand(self, entry_id, entry.lokr_scale, reading, text))
 
     def set_weights(self, entry_id: int, weights: BlockWeights, text: str, preset: str | None = None,
                     merge_key: Hashable = None, keep_preset: bool = True) -> None:
@@ -498,6 +526,12 @@ class Document:
             entry.enabled = bool(enabled)
             self._emit("entry", entry, "enabled")
 
+    def _put_lokr_scale(self, entry_id: int, reading: str) -> None:
+        entry = self.entry(entry_id)
+        if entry is not None and entry.lokr_scale != reading:
+            entry.lokr_scale = reading
+            self._emit("entry", entry, "lokr_scale")
+
     def _put_weights(self, entry_id: int, weights: BlockWeights, preset: str | None) -> None:
         entry = self.entry(entry_id)
         if entry is not None:
@@ -623,7 +657,8 @@ class Document:
             if builtin is not None and not any(p.name == entry.preset for p in self.store.user):
                 if builtin.block_weights() == entry.weights:
                     preset, weights = builtin.name, ""
-        return RecipeInput(entry.path, entry.ratio, weights, preset, entry.enabled and entry.state != FAILED)
+        return RecipeInput(entry.path, entry.ratio, weights, preset, entry.enabled and entry.state != FAILED,
+                           lokr_scale=entry.lokr_scale)
 
     def to_recipe(self) -> Recipe:
         """The whole document as a recipe (every entry; unusable ones switched off)."""
@@ -676,7 +711,7 @@ class Document:
                 problems.append(f"{os.path.basename(item.path)}: {exc}; its weights were reset to 1")
                 grid, preset = BlockWeights(), None
             entries.append(Entry(path=os.path.abspath(item.path), ratio=item.ratio, enabled=item.enabled,
-                                 weights=grid, preset=preset))
+                                 weights=grid, preset=preset, lokr_scale=item.lokr_scale))
         self.clear()
         self.output = OutputSettings(
             output=recipe.output, output_confirmed=False, format=recipe.format, method=recipe.method,

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from . import dtypes, keys, model
+from . import dtypes, keys, model, options
 from .errors import ZLoraError, one_line
 from .recipe import RECIPE_METADATA_KEY
 from .st_header import Header, read_header, read_scalar
@@ -54,6 +54,7 @@ class LoraFile:
     dims: dict[str, int]
     variant: str = "turbo"  # a key of model.VARIANTS: the model the file targets, from its keys and shapes
     variant_evidence: str = ""  # why, in words ("" for Turbo/Base, which share their keys)
+    lokr_scale: str = options.DEFAULT_LOKR_SCALE  # how its full-rank LoKr modules are read (set_lokr_scale)
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -137,6 +138,34 @@ class LoraFile:
             lora.warnings.append(f"{len(unknown) - len(pixel_keys)} keys are not Z-Image transformer LoRA keys and "
                                  "are left out")
         return lora
+
+    # ---- the full-rank LoKr reading -----------------------------------------------------
+
+    @property
+    def full_lokr_alpha_over_dim(self) -> float | None:
+        """The metadata's alpha/dim where this file is a full-rank LoKr whose scale is ambiguous
+        (both factors full and ss_network_alpha / ss_network_dim ≠ 1); None otherwise."""
+        if not any(info.kind == "lokr-full" for info in self.modules.values()):
+            return None
+        return _metadata_alpha_over_dim(self.header.metadata)
+
+    def set_lokr_scale(self, reading: str) -> None:
+        """Read the full-rank LoKr modules ``reading`` way (``options.LOKR_SCALES``): "loader" (scale
+        1, as ComfyUI and diffusers) or "alpha_over_dim" (the metadata's alpha/dim, as some trainers
+        applied it). Only a file where the two differ takes "alpha_over_dim"."""
+        if reading not in options.LOKR_SCALES:
+            raise ZLoraError(f"unknown LoKr scale reading {reading!r} (known: {', '.join(options.LOKR_SCALES)})")
+        ratio = self.full_lokr_alpha_over_dim
+        if reading == "alpha_over_dim" and ratio is None:
+            raise ZLoraError("lokr_scale alpha_over_dim applies only to a LoKr with both factors full whose metadata "
+                             "gives ss_network_alpha / ss_network_dim ≠ 1; this file is read one way only", self.path)
+        full = [info for info in self.modules.values() if info.kind == "lokr-full"]
+        for info in full:
+            info.scale = ratio if reading == "alpha_over_dim" else 1.0
+        if reading != self.lokr_scale and ratio is not None:
+            self.warnings = [w for w in self.warnings if not w.startswith(_FULL_LOKR_WARNING_START)]
+            self.warnings.append(_full_lokr_warning(len(full), ratio, reading))
+        self.lokr_scale = reading
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -625,15 +654,31 @@ def _check_full_lokr(modules: dict[str, ModuleInfo], metadata: dict[str, str], p
             f"is a full-rank LoKr (lokr_w1 and lokr_w2 both full, e.g. module {full[0].name}): exact factors would "
             f"hold {values / 1e6:.0f} M values; full-rank LoKr is not supported yet at this size (its SVD path, "
             "from the factors' own SVDs, is not implemented)", path)
+    ratio = _metadata_alpha_over_dim(metadata)
+    if ratio is None:
+        return []
+    return [_full_lokr_warning(len(full), ratio, options.DEFAULT_LOKR_SCALE)]
+
+
+_FULL_LOKR_WARNING_START = "LoKr modules with both factors full"
+
+
+def _full_lokr_warning(count: int, ratio: float, reading: str) -> str:
+    if reading == "alpha_over_dim":
+        return (f"{_FULL_LOKR_WARNING_START} ({count}) read × {ratio:g}, the metadata's alpha/dim (lokr_scale "
+                "alpha_over_dim), as some trainers applied it; ComfyUI and diffusers apply them at scale 1")
+    return (f"{_FULL_LOKR_WARNING_START} ({count}) read with alpha ignored (scale 1), as ComfyUI and diffusers do; "
+            f"the metadata's alpha/dim is {ratio:g}, and some trainers applied it: if the result burns at ratio 1, "
+            f"read it × {ratio:g} (lokr_scale alpha_over_dim)")
+
+
+def _metadata_alpha_over_dim(metadata: dict[str, str]) -> float | None:
+    """ss_network_alpha / ss_network_dim of the metadata, where finite, positive and ≠ 1."""
     try:
         ratio = float(metadata["ss_network_alpha"]) / float(metadata["ss_network_dim"])
     except (KeyError, ValueError, ZeroDivisionError):
-        return []
-    if not math.isfinite(ratio) or ratio == 1:
-        return []
-    return [f"{len(full)} LoKr modules have both factors full: read with alpha ignored (scale 1), as ComfyUI and "
-            f"diffusers do; the metadata's alpha/dim is {ratio:g}, and some trainers applied it: if the result "
-            f"burns at ratio 1, try a ratio near {ratio:g}"]
+        return None
+    return ratio if math.isfinite(ratio) and ratio > 0 and ratio != 1 else None
 
 
 # Latent-space Z-Image's x_embedder takes 2×2 patches of 16 latent channels; a pixel-space variant

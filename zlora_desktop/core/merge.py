@@ -134,6 +134,7 @@ def open_inputs(recipe: Recipe, presets=None) -> list[tuple[LoraFile, float, obj
                 and os.path.samefile(item.path, recipe.output)):
             raise ZLoraError("the output path is one of the inputs; inputs are never overwritten", recipe.output)
         lora = LoraFile.open(item.path)
+        lora.set_lokr_scale(item.lokr_scale)
         opened.append((lora, item.ratio, item.block_weights(presets)))
     check_compatible([lora for lora, _, _ in opened])
     return opened
@@ -549,7 +550,8 @@ def output_metadata(recipe: Recipe, inputs, digests: list[str]) -> dict[str, str
         "method": recipe.method,
         "format": recipe.format,
         "inputs": [
-            {"file": os.path.basename(lora.path), "sha256": digest, "ratio": ratio, "weights": weights.to_text()}
+            {"file": os.path.basename(lora.path), "sha256": digest, "ratio": ratio, "weights": weights.to_text(),
+             **({"lokr_scale": lora.lokr_scale} if lora.lokr_scale != options.DEFAULT_LOKR_SCALE else {})}
             for (lora, ratio, weights), digest in zip(inputs, digests)
         ],
     }

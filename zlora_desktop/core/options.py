@@ -29,7 +29,16 @@ DEVICES = {
     "cpu": "CPU",
 }
 
+# How a LoKr with both factors full is scaled (ComfyUI issue 15114: the file alone cannot tell):
+# as the loaders apply it (alpha ignored, scale 1), or by the metadata's ss_network_alpha /
+# ss_network_dim, which some trainers (LyCORIS via kohya) applied in training.
+LOKR_SCALES = {
+    "loader": "As ComfyUI and diffusers apply it (alpha ignored)",
+    "alpha_over_dim": "× alpha/dim of its metadata (as some trainers applied it)",
+}
+
 DEFAULT_FORMAT = "aitoolkit"
+DEFAULT_LOKR_SCALE = "loader"
 DEFAULT_METHOD = "exact"
 DEFAULT_DTYPE = "auto"
 DEFAULT_DEVICE = "auto"

@@ -5,7 +5,8 @@ Schema (stable; the GUI saves and opens the same files)::
     {"output": "out.safetensors", "format": "aitoolkit", "method": "exact" | "svd",
      "rank": 64 | "auto", "energy": 0.99, "dtype": "auto", "device": "auto",
      "inputs": [{"path": "a.safetensors", "ratio": 1.0, "preset": "face-only",
-                 "weights": "adaLN=0.5" | {"L03": {"q": 0.5}}, "enabled": true}]}
+                 "weights": "adaLN=0.5" | {"L03": {"q": 0.5}}, "enabled": true,
+                 "lokr_scale": "loader" | "alpha_over_dim"}]}
 
 Relative paths resolve against the recipe's folder. An input's grid is its preset (if any)
 with its ``weights`` rules applied on top.
@@ -35,7 +36,7 @@ DEVICES = tuple(options.DEVICES)
 DEFAULT_ENERGY = options.DEFAULT_ENERGY
 
 
-INPUT_KEYS = ("path", "ratio", "weights", "preset", "enabled")
+INPUT_KEYS = ("path", "ratio", "weights", "preset", "enabled", "lokr_scale")
 RECIPE_KEYS = ("output", "format", "method", "rank", "energy", "dtype", "device", "inputs")
 COMMENT_PREFIX = "_"  # keys starting with it ("_comment", the app's "_autosave") are kept, never read
 
@@ -48,6 +49,8 @@ class RecipeInput:
     preset: str | None = None
     enabled: bool = True
     extra: dict = field(default_factory=dict)  # "_" keys of this input, kept for round trips
+    # How a full-rank LoKr input is scaled (options.LOKR_SCALES); only such files take "alpha_over_dim".
+    lokr_scale: str = options.DEFAULT_LOKR_SCALE
 
     def block_weights(self, presets=None) -> BlockWeights:
         grid = BlockWeights()
@@ -84,6 +87,7 @@ class Recipe:
         for index, item in enumerate(self.inputs):
             _check_ratio(item.ratio, f"inputs[{index}].ratio")
             _check_bool(item.enabled, f"inputs[{index}].enabled")
+            _check_choice(item.lokr_scale, f"inputs[{index}].lokr_scale", options.LOKR_SCALES)
         if not any(i.enabled for i in self.inputs):
             raise ZLoraError("every input is disabled")
         if not self.output:
@@ -149,6 +153,8 @@ class Recipe:
                 entry["weights"] = item.weights
             if not item.enabled:
                 entry["enabled"] = False
+            if item.lokr_scale != options.DEFAULT_LOKR_SCALE:
+                entry["lokr_scale"] = item.lokr_scale
             entry.update(item.extra)
             inputs.append(entry)
         data["inputs"] = inputs
@@ -203,7 +209,9 @@ def _input_from_json(entry: object, where: str, base: Path) -> RecipeInput:
     if preset is not None and not isinstance(preset, str):
         raise ZLoraError(f"{where}.preset: must be a preset name (text), got {_show(preset)}")
     enabled = _check_bool(entry.get("enabled", True), f"{where}.enabled")
-    return RecipeInput(_resolve(base, path), ratio, weights, preset or None, enabled, extra)
+    lokr_scale = _check_choice(entry.get("lokr_scale", options.DEFAULT_LOKR_SCALE), f"{where}.lokr_scale",
+                               options.LOKR_SCALES)
+    return RecipeInput(_resolve(base, path), ratio, weights, preset or None, enabled, extra, lokr_scale)
 
 
 def _split_known(data: dict, known: tuple[str, ...], where: str) -> dict:

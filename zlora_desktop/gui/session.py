@@ -114,6 +114,9 @@ class Session(QObject):
     def set_enabled(self, entry_id: int, enabled: bool) -> None:
         self.document.set_enabled(entry_id, enabled)
 
+    def set_lokr_scale(self, entry_id: int, reading: str) -> None:
+        self.document.set_lokr_scale(entry_id, reading)
+
     def set_weights(self, entry_id: int, weights: BlockWeights, text: str, preset: str | None = None,
                     merge_key: Hashable = None, keep_preset: bool = True) -> None:
         self.document.set_weights(entry_id, weights, text, preset, merge_key, keep_preset)
