@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy", type=float, help="svd auto: energy to keep, e.g. 0.99")
     p.add_argument("--dtype", choices=tuple(options.DTYPES))
     p.add_argument("--device", choices=tuple(options.DEVICES))
+    p.add_argument("--equal-qkv-ranks", action=argparse.BooleanOptionalAction, default=None,
+                   help="write q, k and v of each block at one rank, as nunchaku needs (default: on; an SVD keeps "
+                        "more singular values, an exact merge pads with zeros where inputs differ)")
     p.add_argument("--save-recipe", help="also write the equivalent recipe JSON here")
     p.add_argument("--json", action="store_true", help="print the merge report as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -228,6 +231,8 @@ def recipe_from_args(args) -> Recipe:
                 setattr(recipe, option, getattr(args, option))
         if args.rank is not None:
             recipe.rank = _rank(args.rank)
+        if args.equal_qkv_ranks is not None:
+            recipe.equal_qkv_ranks = args.equal_qkv_ranks
         if args.lokr_scale:
             for item, reading in zip(recipe.inputs, _per_input(args.lokr_scale, len(recipe.inputs), "--lokr-scale")):
                 item.lokr_scale = reading
@@ -250,7 +255,8 @@ def recipe_from_args(args) -> Recipe:
                 for p, r, w, s, k in zip(args.inputs, ratios, weights, presets, readings)],
         output=os.path.abspath(args.output), format=args.format or "aitoolkit", method=method,
         rank=_rank(args.rank) if args.rank else None, energy=args.energy or 0.99,
-        dtype=args.dtype or "auto", device=args.device or "auto")
+        dtype=args.dtype or "auto", device=args.device or "auto",
+        equal_qkv_ranks=options.DEFAULT_EQUAL_QKV_RANKS if args.equal_qkv_ranks is None else args.equal_qkv_ranks)
 
 
 def _per_input(values: list, count: int, option: str) -> list:

@@ -37,6 +37,7 @@ class ModuleStats:
     rank_out: int
     kept_energy: float = 1.0  # Σ kept σ² / Σ σ²
     rel_error: float = 0.0  # ‖M − M_k‖_F / ‖M‖_F
+    padded: int = 0  # zero components in rank_out, added to give q, k and v of a block one rank
 
 
 @dataclass
@@ -63,6 +64,9 @@ class MergeReport:
     def summary(self) -> str:
         lines = [f"wrote {self.output} ({self.output_bytes / 1e6:.1f} MB, {len(self.modules)} modules, "
                  f"format {self.format}, {self.method}, {self.dtype}, on {self.device}, {self.seconds:.1f} s)"]
+        padded = [s for s in self.modules if s.padded]
+        if padded:
+            lines.append(f"q/k/v ranks made equal: {len(padded)} modules padded with zero components")
         if self.method == "svd" and self.modules:
             worst = self.worst
             ranks = sorted({s.rank_out for s in self.modules})
@@ -224,7 +228,7 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         # value, so the header planned now keeps its length when the real digests arrive.
         placeholder = output_metadata(recipe, inputs, ["0" * 64] * len(inputs))
 
-        def compute(name: str):
+        def compute(name: str, rank=recipe.rank):
             terms, sources = [], []
             for lora, factor in contributions[name]:
                 down, up, scale = lora.load_stored(name)  # as stored: converted once, below
@@ -233,7 +237,7 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
             if recipe.method == "svd":
                 down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
                 try:
-                    down, up, stats = svd_truncate(down, up, recipe.rank, recipe.energy)
+                    down, up, stats = svd_truncate(down, up, rank, recipe.energy)
                 except torch.linalg.LinAlgError:  # no SVD of values whose products overflow float32
                     raise _overflow(name, terms, sources, torch.float32) from None
                 stats.module = name
@@ -267,9 +271,14 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
 
         if recipe.method == "exact" or recipe.rank != "auto":
             # Every shape is known before computing: each module goes to disk as it is made.
-            writer = start_writing({name: _planned_shape(recipe, name, terms) for name, terms in contributions.items()})
+            planned = {name: _planned_shape(recipe, name, terms) for name, terms in contributions.items()}
+            if recipe.equal_qkv_ranks:
+                targets = equal_qkv_targets({name: shape[0] for name, shape in planned.items()})
+                planned = {name: (targets.get(name, rank), *rest) for name, (rank, *rest) in planned.items()}
+            writer = start_writing(planned)
             for name, down, up, stats, bias in computed():
                 report.modules.append(stats)
+                down, up = _pad_rank(down, up, planned[name][0], stats)
                 writer.put(name, down, up, bias)
                 del down, up
         else:
@@ -279,6 +288,18 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
             for name, down, up, stats, bias in computed():
                 report.modules.append(stats)
                 results.append((name, down, up, bias))
+            if recipe.equal_qkv_ranks:
+                # A q, k or v below its block's largest rank keeps more singular values (its error
+                # only falls); zeros fill in only where it has no more to keep.
+                targets = equal_qkv_targets({name: down.shape[0] for name, down, _, _ in results})
+                for index, (name, down, up, bias) in enumerate(results):
+                    wanted = targets.get(name, down.shape[0])
+                    if down.shape[0] < wanted:
+                        check_cancel()
+                        down, up, stats, bias = compute(name, rank=wanted)
+                        report.modules[index] = stats
+                        down, up = _pad_rank(down, up, wanted, stats)
+                        results[index] = (name, down, up, bias)
             writer = start_writing({name: (down.shape[0], up.shape[0], down.shape[1])
                                     for name, down, up, _ in results})
             for name, down, up, bias in results:
@@ -300,6 +321,30 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     report.output_bytes = os.path.getsize(recipe.output)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def equal_qkv_targets(ranks: dict[str, int]) -> dict[str, int]:
+    """{module: rank} for the q, k and v modules in ``ranks``: each its block's largest (nunchaku
+    re-fuses q, k and v and needs one rank for the three)."""
+    blocks: dict[str, list[str]] = {}
+    for name in ranks:
+        split = model.split_module(name)
+        if split is not None and split[1] in model.COMPONENT_GROUPS["qkv"]:
+            blocks.setdefault(split[0], []).append(name)
+    return {name: max(ranks[n] for n in names) for names in blocks.values() for name in names}
+
+
+def _pad_rank(down, up, rank: int, stats: ModuleStats):
+    """(down, up) grown to ``rank`` with zero rows of down and zero columns of up: B·A unchanged."""
+    import torch
+
+    extra = rank - down.shape[0]
+    if extra <= 0:
+        return down, up
+    down = torch.cat([down, down.new_zeros((extra, down.shape[1]))], dim=0)
+    up = torch.cat([up, up.new_zeros((up.shape[0], extra))], dim=1)
+    stats.rank_out, stats.padded = rank, extra
+    return down, up
 
 
 def dropped_bias_message(fmt: str, modules, contributions) -> str:
@@ -559,6 +604,7 @@ def output_metadata(recipe: Recipe, inputs, digests: list[str]) -> dict[str, str
         record["rank"] = recipe.rank
         if recipe.rank == "auto":
             record["energy"] = recipe.energy
+    record["equal_qkv_ranks"] = recipe.equal_qkv_ranks
     metadata: dict[str, str] = {}
     if len(inputs) == 1:
         metadata.update({k: v for k, v in inputs[0][0].metadata.items() if k not in _LAYOUT_KEYS})

@@ -39,6 +39,11 @@ LOKR_SCALES = {
 
 DEFAULT_FORMAT = "aitoolkit"
 DEFAULT_LOKR_SCALE = "loader"
+# q, k and v of each block written at one rank (nunchaku re-fuses them and needs it). An SVD keeps
+# more singular values of a module below its block's largest rank (its error only falls); an exact
+# merge pads with zero components (ΔW unchanged), which happens only where the inputs cover q, k
+# and v unevenly. On by default for both; off gives every module its own rank.
+DEFAULT_EQUAL_QKV_RANKS = True
 DEFAULT_METHOD = "exact"
 DEFAULT_DTYPE = "auto"
 DEFAULT_DEVICE = "auto"

@@ -3,7 +3,7 @@
 Schema (stable; the GUI saves and opens the same files)::
 
     {"output": "out.safetensors", "format": "aitoolkit", "method": "exact" | "svd",
-     "rank": 64 | "auto", "energy": 0.99, "dtype": "auto", "device": "auto",
+     "rank": 64 | "auto", "energy": 0.99, "dtype": "auto", "device": "auto", "equal_qkv_ranks": true,
      "inputs": [{"path": "a.safetensors", "ratio": 1.0, "preset": "face-only",
                  "weights": "adaLN=0.5" | {"L03": {"q": 0.5}}, "enabled": true,
                  "lokr_scale": "loader" | "alpha_over_dim"}]}
@@ -37,7 +37,7 @@ DEFAULT_ENERGY = options.DEFAULT_ENERGY
 
 
 INPUT_KEYS = ("path", "ratio", "weights", "preset", "enabled", "lokr_scale")
-RECIPE_KEYS = ("output", "format", "method", "rank", "energy", "dtype", "device", "inputs")
+RECIPE_KEYS = ("output", "format", "method", "rank", "energy", "dtype", "device", "equal_qkv_ranks", "inputs")
 COMMENT_PREFIX = "_"  # keys starting with it ("_comment", the app's "_autosave") are kept, never read
 
 
@@ -78,6 +78,8 @@ class Recipe:
     dtype: str = "auto"
     device: str = "auto"
     extra: dict = field(default_factory=dict)  # "_" keys (comments), kept for round trips
+    # q, k and v of a block written at one rank (nunchaku needs it): see options.DEFAULT_EQUAL_QKV_RANKS.
+    equal_qkv_ranks: bool = options.DEFAULT_EQUAL_QKV_RANKS
 
     def validate(self) -> None:
         """Check a recipe built in code (the CLI's options, the app's state); ``from_json``
@@ -96,6 +98,7 @@ class Recipe:
         _check_choice(self.method, "method", options.METHODS)
         _check_choice(self.dtype, "dtype", options.DTYPES)
         _check_choice(self.device, "device", options.DEVICES)
+        _check_bool(self.equal_qkv_ranks, "equal_qkv_ranks")
         if self.method == "svd":
             if self.rank is None:
                 raise ZLoraError("method svd needs a rank (a number or 'auto')")
@@ -129,8 +132,9 @@ class Recipe:
             _check_rank(rank, "rank")
         energy = data.get("energy", DEFAULT_ENERGY)
         _check_energy(energy, "energy")
+        equal = _check_bool(data.get("equal_qkv_ranks", options.DEFAULT_EQUAL_QKV_RANKS), "equal_qkv_ranks")
         return cls(inputs=inputs, output=_resolve(base, output) if output else "", rank=rank,
-                   energy=float(energy), extra=extra, **values)
+                   energy=float(energy), extra=extra, equal_qkv_ranks=equal, **values)
 
     def to_json(self, base_dir: str | os.PathLike | None = None) -> dict:
         """JSON form; paths relative to ``base_dir`` where they lie below it."""
@@ -144,6 +148,8 @@ class Recipe:
                 data["energy"] = self.energy
         data["dtype"] = self.dtype
         data["device"] = self.device
+        if self.equal_qkv_ranks != options.DEFAULT_EQUAL_QKV_RANKS:
+            data["equal_qkv_ranks"] = self.equal_qkv_ranks
         inputs = []
         for item in self.inputs:
             entry: dict = {"path": rel(item.path), "ratio": item.ratio}
