@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write q, k and v of each block at one rank, as nunchaku needs (default: on; an SVD keeps "
                         "more singular values, an exact merge pads with zeros where inputs differ)")
     p.add_argument("--save-recipe", help="also write the equivalent recipe JSON here")
-    p.add_argument("--json", action="store_true", help="print the merge report as JSON")
+    p.add_argument("--json", action="store_true", help="print the merge report as JSON (per module too)")
+    p.add_argument("--per-module", action="store_true",
+                   help="also list every module: rank in and out, and what each input was there and at what rank")
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("presets", help="list, show, import and export block-weight presets")
@@ -299,6 +301,8 @@ def cmd_merge(args) -> int:
         print(json.dumps(report_json(report), indent=2))
     elif not args.quiet:
         print(report.summary())
+        if args.per_module:
+            print("\n".join(report.module_lines()))
     return EXIT_OK
 
 
@@ -309,8 +313,11 @@ def report_json(report) -> dict:
         "dtype": report.dtype, "output_bytes": report.output_bytes, "seconds": round(report.seconds, 3),
         "dropped": report.dropped, "warnings": report.warnings, "bias_modules": report.bias_modules,
         "worst_module": worst.module if worst and report.method == "svd" else None,
-        "modules": [{"module": s.module, "rank_in": s.rank_in, "rank_out": s.rank_out,
-                     "kept_energy": s.kept_energy, "rel_error": s.rel_error} for s in report.modules],
+        "inputs": report.inputs_summary(),
+        "modules": [{"module": s.module, "rank_in": s.rank_in, "rank_out": s.rank_out, "padded": s.padded,
+                     "kept_energy": s.kept_energy, "rel_error": s.rel_error,
+                     "inputs": [{"file": i.file, "kind": i.kind, "rank": i.rank} for i in s.inputs]}
+                    for s in report.modules],
     }
 
 

@@ -21,6 +21,10 @@ from .st_header import Header, read_header, read_scalar
 FUSED_SUFFIX = "." + keys.FUSED_QKV
 
 
+# ModuleInfo.kind -> what the user reads in reports.
+KIND_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "lokr-full": "LoKr (full rank)", "diff": "full diff"}
+
+
 @dataclass
 class ModuleInfo:
     """One canonical module of a file, before any data is read."""

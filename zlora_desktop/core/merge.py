@@ -20,7 +20,7 @@ from typing import Callable
 
 from . import dtypes, keys, model, options
 from .errors import CancelledError, ZLoraError, one_line
-from .lora_file import LoraFile, all_finite
+from .lora_file import KIND_NAMES, LoraFile, all_finite
 from .recipe import RECIPE_METADATA_KEY, SOURCES_METADATA_KEY, Recipe
 from .writer import AtomicOutput, ModuleWriter, check_little_endian, module_stem, plan_tensors
 
@@ -31,6 +31,18 @@ KnownDigests = Mapping[str, tuple[int, int, str]]
 
 
 @dataclass
+class ModuleInput:
+    """What one input brought to a module of the merge."""
+
+    file: str  # the input's file name
+    kind: str  # how its factors were formed (ModuleInfo.kind: "lora", "loha", "lokr", "lokr-full", "diff")
+    rank: int  # the rank its exact factors entered the merge with
+
+    def describe(self) -> str:
+        return f"{self.file} {KIND_NAMES.get(self.kind, self.kind)} rank {self.rank}"
+
+
+@dataclass
 class ModuleStats:
     module: str
     rank_in: int  # concatenated rank of the exact sum
@@ -38,6 +50,7 @@ class ModuleStats:
     kept_energy: float = 1.0  # Σ kept σ² / Σ σ²
     rel_error: float = 0.0  # ‖M − M_k‖_F / ‖M‖_F
     padded: int = 0  # zero components in rank_out, added to give q, k and v of a block one rank
+    inputs: list[ModuleInput] = field(default_factory=list)  # in the recipe's order
 
 
 @dataclass
@@ -57,6 +70,35 @@ class MergeReport:
     input_digests: dict[str, tuple[int, int, str]] = field(default_factory=dict)
     bias_modules: list[str] = field(default_factory=list)  # modules written with a bias ΔW (diff_b)
 
+    def inputs_summary(self) -> list[str]:
+        """One line per input: what its modules were and at what rank they went in, e.g.
+        ``a.safetensors: LoRA rank 16 (210 modules), LoHa rank 64 (30)``."""
+        kinds: dict[str, dict[str, list[int]]] = {}
+        for stats in self.modules:
+            for entered in stats.inputs:
+                kinds.setdefault(entered.file, {}).setdefault(entered.kind, []).append(entered.rank)
+        lines = []
+        for file, by_kind in kinds.items():
+            parts = []
+            for index, (kind, ranks) in enumerate(by_kind.items()):
+                low, high = min(ranks), max(ranks)
+                rank = f"rank {low}" if low == high else f"ranks {low}–{high}"
+                count = str(len(ranks)) if index else f"{len(ranks)} module{'' if len(ranks) == 1 else 's'}"
+                parts.append(f"{KIND_NAMES.get(kind, kind)} {rank} ({count})")
+            lines.append(f"{file}: " + ", ".join(parts))
+        return lines
+
+    def module_lines(self) -> list[str]:
+        """Per module: its rank in and out, and each input's kind and rank."""
+        width = max((len(s.module) for s in self.modules), default=0)
+        lines = []
+        for stats in self.modules:
+            ranks = f"{stats.rank_in:>5} → {stats.rank_out:<5}"
+            if stats.padded:
+                ranks += f" ({stats.padded} zero)"
+            lines.append(f"{stats.module:<{width}}  {ranks}  " + " + ".join(i.describe() for i in stats.inputs))
+        return lines
+
     @property
     def worst(self) -> ModuleStats | None:
         return max(self.modules, key=lambda s: s.rel_error, default=None)
@@ -64,6 +106,7 @@ class MergeReport:
     def summary(self) -> str:
         lines = [f"wrote {self.output} ({self.output_bytes / 1e6:.1f} MB, {len(self.modules)} modules, "
                  f"format {self.format}, {self.method}, {self.dtype}, on {self.device}, {self.seconds:.1f} s)"]
+        lines.extend(self.inputs_summary())
         padded = [s for s in self.modules if s.padded]
         if padded:
             lines.append(f"q/k/v ranks made equal: {len(padded)} modules padded with zero components")
@@ -229,11 +272,12 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         placeholder = output_metadata(recipe, inputs, ["0" * 64] * len(inputs))
 
         def compute(name: str, rank=recipe.rank):
-            terms, sources = [], []
+            terms, sources, entered = [], [], []
             for lora, factor in contributions[name]:
                 down, up, scale = lora.load_stored(name)  # as stored: converted once, below
                 terms.append((down, up, factor * scale))
                 sources.append(lora.path)
+                entered.append(ModuleInput(os.path.basename(lora.path), lora.modules[name].kind, int(down.shape[0])))
             if recipe.method == "svd":
                 down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
                 try:
@@ -250,6 +294,7 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
             if not (all_finite(down) and all_finite(up)):  # finite inputs, yet scaled past the dtype's range
                 raise _overflow(name, terms, sources, dtype)
             bias = _bias_delta(name, contributions[name], dtype) if name in biases else None
+            stats.inputs = entered
             return down, up, stats, bias
 
         def computed():
@@ -352,7 +397,8 @@ def dropped_bias_message(fmt: str, modules, contributions) -> str:
     files = sorted({os.path.basename(lora.path) for name in modules for lora, _ in contributions[name]
                     if lora.modules[name].bias_key is not None})
     keep = " or ".join(options.BIAS_FORMATS)
-    return (f"{len(modules)} modules have bias deltas (diff_b / lora_B.bias, from {', '.join(files)}) that format "
+    count = f"{len(modules)} modules have" if len(modules) != 1 else "1 module has"
+    return (f"{count} bias deltas (diff_b / lora_B.bias, from {', '.join(files)}) that format "
             f"{fmt} cannot hold (diffusers refuses them): they are left out of the output; write format {keep} "
             "to keep them (ComfyUI applies them)")
 

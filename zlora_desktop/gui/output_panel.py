@@ -248,6 +248,7 @@ class OutputPanel(QWidget):
         session.model.entryChanged.connect(self._update_state)
         controller.started.connect(self._on_started)
         controller.progress.connect(self._on_progress)
+        controller.notice.connect(lambda text: self.log(f"warning: {text}"))
         controller.succeeded.connect(self._on_succeeded)
         controller.outputLoaders.connect(self._on_output_loaders)
         controller.failed.connect(self._on_failed)
