@@ -130,9 +130,10 @@ WEIGHTS = {0: "L00.adaLN=0.5", 1: "L01=-0.25, L00.q=2"}
 RATIOS = (0.8, 1.5, 0.6)
 
 
-def _recipe(inputs, output, fmt, method="exact", rank=None):
+def _recipe(inputs, output, fmt, method="exact", rank=None, device="cpu"):
     return Recipe([RecipeInput(path, ratio, WEIGHTS.get(index, "")) for index, (path, ratio)
-                   in enumerate(zip(inputs, RATIOS))], str(output), format=fmt, method=method, rank=rank, dtype="fp32")
+                   in enumerate(zip(inputs, RATIOS))], str(output), format=fmt, method=method, rank=rank, dtype="fp32",
+                  device=device)
 
 
 def _expected(inputs, recipe):
@@ -159,9 +160,10 @@ def test_bias_deltas_are_read_as_their_producers_apply_them(inputs):
 
 
 @pytest.mark.parametrize("method,rank", [("exact", None), ("svd", 1)])
-def test_comfyui_output_carries_the_bias_deltas_scaled_by_ratio_and_block_weight(inputs, tmp_path, method, rank):
+def test_comfyui_output_carries_the_bias_deltas_scaled_by_ratio_and_block_weight(inputs, tmp_path, method, rank,
+                                                                                 merge_device):
     output = tmp_path / "out.safetensors"
-    recipe = _recipe(inputs, output, "comfyui", method, rank)
+    recipe = _recipe(inputs, output, "comfyui", method, rank, merge_device)
     report = merge(recipe)
     expected = _expected(inputs, recipe)
     written = load_file(str(output))

@@ -40,9 +40,10 @@ def wide(tmp_path_factory):
     return a, b
 
 
-def _merge(uneven, output, **options):
+def _merge(uneven, output, device="cpu", **options):
     a, b = uneven
-    return merge(Recipe([RecipeInput(str(a), 1.0), RecipeInput(str(b), 0.7)], str(output), dtype="fp32", **options))
+    return merge(Recipe([RecipeInput(str(a), 1.0), RecipeInput(str(b), 0.7)], str(output), dtype="fp32",
+                        device=device, **options))
 
 
 def _qkv_ranks(report) -> dict[str, dict[str, int]]:
@@ -83,13 +84,14 @@ def test_exact_pads_to_equal_ranks_with_the_same_delta_and_off_leaves_them(uneve
 # uneven at 0.95: q keeps more than the 4 that k and v have, so they keep all 4 and are padded;
 # wide at 0.8: k and v keep fewer than their 8, then more to match q, with no zeros.
 @pytest.mark.parametrize("files,energy", [("uneven", 0.95), ("wide", 0.8)])
-def test_svd_by_energy_keeps_more_singular_values_and_its_error_is_not_larger(files, energy, request, tmp_path):
+def test_svd_by_energy_keeps_more_singular_values_and_its_error_is_not_larger(files, energy, request, tmp_path,
+                                                                             merge_device):
     inputs = request.getfixturevalue(files)
     _merge(inputs, tmp_path / "exact.safetensors", equal_qkv_ranks=False)
     truth = written_deltas(tmp_path / "exact.safetensors")
     on, off = tmp_path / "on.safetensors", tmp_path / "off.safetensors"
-    report_on = _merge(inputs, on, method="svd", rank="auto", energy=energy)
-    report_off = _merge(inputs, off, method="svd", rank="auto", energy=energy, equal_qkv_ranks=False)
+    report_on = _merge(inputs, on, merge_device, method="svd", rank="auto", energy=energy)
+    report_off = _merge(inputs, off, merge_device, method="svd", rank="auto", energy=energy, equal_qkv_ranks=False)
     ranks_off, ranks_on = _qkv_ranks(report_off), _qkv_ranks(report_on)
     assert any(len(set(r.values())) > 1 for r in ranks_off.values()), "the test needs unequal ranks"
     for block, ranks in ranks_on.items():
@@ -113,8 +115,8 @@ def test_svd_by_energy_keeps_more_singular_values_and_its_error_is_not_larger(fi
         n for n in stats_on if (model.split_module(n) or (None, None))[1] in QKV}
 
 
-def test_svd_to_a_fixed_rank_pads_a_module_that_has_no_more_to_keep(uneven, tmp_path):
-    report = _merge(uneven, tmp_path / "out.safetensors", method="svd", rank=6)
+def test_svd_to_a_fixed_rank_pads_a_module_that_has_no_more_to_keep(uneven, tmp_path, merge_device):
+    report = _merge(uneven, tmp_path / "out.safetensors", merge_device, method="svd", rank=6)
     # q enters at 12 and keeps 6; k and v enter at 4: all they have, then 2 zeros.
     assert all(ranks == {"q": 6, "k": 6, "v": 6} for ranks in _qkv_ranks(report).values())
     assert {s.padded for s in report.modules if s.module.endswith(("to_k", "to_v"))} == {2}
