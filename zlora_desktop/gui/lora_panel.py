@@ -16,9 +16,8 @@ import itertools
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence, QPainter, QPalette, QPen, QValidator
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QDoubleSpinBox, QHBoxLayout, QHeaderView,
-                               QLabel,
-                               QMenu, QPushButton, QSizePolicy, QSlider, QStyle, QStyledItemDelegate, QStyleOptionViewItem,
-                               QTableView, QToolButton, QVBoxLayout, QWidget)
+                               QLabel, QMenu, QPushButton, QSizePolicy, QSlider, QStyle, QStyledItemDelegate,
+                               QStyleOptionViewItem, QTableView, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.document import FAILED, LOADING, double_counting_reason
 from .desktop import reveal_or_explain
