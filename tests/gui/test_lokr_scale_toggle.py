@@ -1,11 +1,13 @@
 """The full-rank LoKr reading toggle: shown only for a file whose scale its own metadata leaves open,
-undoable, and what the merge writes."""
+undoable, followed by the impact view, and what the merge writes."""
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import relative_error, write_full_lokr, written_deltas
 
-from .helpers import add_and_wait, wait_merge
+from .helpers import add_and_wait, wait_impact, wait_merge
 
 Q = "layers.0.attention.to_q"
 
@@ -22,10 +24,17 @@ def test_the_toggle_shows_only_for_an_ambiguous_lokr_and_reaches_the_merge(qtbot
     assert toggle.isVisibleTo(panel) and not toggle.isChecked()
     assert "alpha/dim (0.25)" in toggle.text()
 
+    wait_impact(qtbot, window)
+    before = dict(lokr.norms)
     toggle.click()
     assert lokr.lokr_scale == "alpha_over_dim"
+    # The impact view follows the reading: the norms and the overlap are computed again.
+    qtbot.waitUntil(lambda: lokr.norms is not None and session.overlaps(lokr.id)[0][1] is not None, timeout=20000)
+    assert lokr.norms[Q] == pytest.approx(0.25 * before[Q], rel=1e-6)
     session.undo()
     assert lokr.lokr_scale == "loader" and not toggle.isChecked()
+    qtbot.waitUntil(lambda: lokr.norms is not None, timeout=20000)
+    assert lokr.norms[Q] == pytest.approx(before[Q], rel=1e-6)
     session.redo()
     assert toggle.isChecked()
 
