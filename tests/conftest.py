@@ -11,6 +11,34 @@ import pytest
 from zlora_desktop.core import model
 
 
+# The device the engine tests merge on: cpu (default), cuda or mps. A device asked for but absent
+# skips those tests with the reason, never a quiet run on the CPU; tests that need the CPU (peak
+# memory, the CLI's refusal of an absent device…) do not take the fixture and stay on it.
+TEST_DEVICE_VARIABLE = "ZLORA_TEST_DEVICE"
+TEST_DEVICES = ("cpu", "cuda", "mps")
+
+
+def _requested_device() -> str:
+    return os.environ.get(TEST_DEVICE_VARIABLE, "").strip().lower() or "cpu"
+
+
+def pytest_report_header(config):
+    return f"engine tests merge on: {_requested_device()} (${TEST_DEVICE_VARIABLE})"
+
+
+@pytest.fixture(scope="session")
+def merge_device() -> str:
+    """The merge device of the engine tests, from $ZLORA_TEST_DEVICE (see above)."""
+    name = _requested_device()
+    if name not in TEST_DEVICES:
+        pytest.fail(f"{TEST_DEVICE_VARIABLE}={name!r}: use one of {', '.join(TEST_DEVICES)}")
+    from zlora_desktop.core.merge import available_devices
+
+    if name not in available_devices():
+        pytest.skip(f"{TEST_DEVICE_VARIABLE}={name}, but torch sees no {name} device on this machine")
+    return name
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     """Presets and logs of a test never touch the real user folders."""
@@ -38,10 +66,26 @@ def reference_delta(terms, module: str):
 def relative_error(actual, expected) -> float:
     import torch
 
+    actual = actual.to(device=expected.device, dtype=torch.float64)  # a result on the merge device
     denominator = torch.linalg.norm(expected)
     if denominator == 0:
         return float(torch.linalg.norm(actual))
-    return float(torch.linalg.norm(actual.double() - expected) / denominator)
+    return float(torch.linalg.norm(actual - expected) / denominator)
+
+
+def write_full_lokr(path, alpha_over_dim: tuple[str, str] | None = ("16", "64"), seed: int = 3):
+    """A kohya-named LoKr of layers.0.attention.to_q with both factors full (8 × 8 ⊗ 8 × 8 = 64 × 64)
+    and, unless None, metadata ss_network_alpha / ss_network_dim; returns its ΔW at scale 1 (float64)."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    stem = "lora_unet_layers_0_attention_to_q"
+    tensors = {f"{stem}.lokr_w1": torch.randn(8, 8, generator=g), f"{stem}.lokr_w2": torch.randn(8, 8, generator=g),
+               f"{stem}.alpha": torch.tensor(16.0)}
+    metadata = {"ss_network_alpha": alpha_over_dim[0], "ss_network_dim": alpha_over_dim[1]} if alpha_over_dim else None
+    save_file(tensors, str(path), metadata=metadata)
+    return torch.kron(tensors[f"{stem}.lokr_w1"].double(), tensors[f"{stem}.lokr_w2"].double())
 
 
 def written_deltas(path) -> dict:

@@ -46,7 +46,7 @@ def test_reader_detects_layout_and_normalises_every_module(tmp_path, layout):
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype,tolerance", [("fp32", 1e-5), ("bf16", 1e-2)])
-def test_merge_of_each_layout_adds_exactly_the_weighted_sum(tmp_path, layout, dtype, tolerance):
+def test_merge_of_each_layout_adds_exactly_the_weighted_sum(tmp_path, layout, dtype, tolerance, merge_device):
     first = tmp_path / f"first_{layout}.safetensors"
     second = tmp_path / "second.safetensors"
     truth_first = write_sample(first, SampleSpec(layout=layout, rank=4, refiners=True, others=True,
@@ -56,7 +56,7 @@ def test_merge_of_each_layout_adds_exactly_the_weighted_sum(tmp_path, layout, dt
     weights_second = BlockWeights.parse("q,k=-1.5, L03=0")
     out = tmp_path / "out.safetensors"
     recipe = Recipe([RecipeInput(str(first), 0.7, weights_first.to_text()),
-                     RecipeInput(str(second), -1.2, weights_second.to_text())], str(out))
+                     RecipeInput(str(second), -1.2, weights_second.to_text())], str(out), device=merge_device)
     report = merge(recipe)
     assert report.dtype == {"fp32": "float32", "bf16": "bfloat16"}[dtype]
     got = written_deltas(out)

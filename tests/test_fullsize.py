@@ -40,12 +40,13 @@ def test_full_size_kohya_and_fused_comfy_merge_exactly(tmp_path):
         assert relative_error(got, reference_delta(terms, name)) < 1e-5, name
 
 
-def test_full_size_svd_to_rank_4(tmp_path):
+def test_full_size_svd_to_rank_4(tmp_path, merge_device):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     truth_a = write_sample(a, SampleSpec.full_size(rank=3, layers=1, dtype="fp32"))
     truth_b = write_sample(b, SampleSpec.full_size(rank=3, layers=1, dtype="fp32", seed=9))
     out = tmp_path / "out.safetensors"
-    report = merge(Recipe([RecipeInput(str(a), 1.0), RecipeInput(str(b), 1.0)], str(out), method="svd", rank=4))
+    report = merge(Recipe([RecipeInput(str(a), 1.0), RecipeInput(str(b), 1.0)], str(out), method="svd", rank=4,
+                          device=merge_device))
     assert {s.rank_in for s in report.modules} == {6} and {s.rank_out for s in report.modules} == {4}
     merged = LoraFile.open(out)
     import torch

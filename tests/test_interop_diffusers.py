@@ -151,11 +151,11 @@ def samples(tmp_path_factory):
     return out
 
 
-def run_merge(samples, inputs, fmt, folder, method="exact", rank=None, energy=0.99, dtype="fp32"):
-    output = folder / f"out_{fmt}_{method}_{dtype}.safetensors"
+def run_merge(samples, inputs, fmt, folder, method="exact", rank=None, energy=0.99, dtype="fp32", equal_qkv=True):
+    output = folder / f"out_{fmt}_{method}_{dtype}_{equal_qkv}.safetensors"
     recipe = Recipe([RecipeInput(samples[key][0], ratio, text) for key, ratio, text, _ in inputs],
                     str(output), format=fmt, method=method, rank=rank, energy=energy, dtype=dtype,
-                    device="cpu")
+                    device="cpu", equal_qkv_ranks=equal_qkv)
     return merge(recipe), str(output)
 
 
@@ -294,17 +294,28 @@ def test_single_input_exact(fmt, pristine, samples, tmp_path):
     check_loaded(pristine, transformer, deltas, fmt, warnings)
 
 
+@pytest.mark.parametrize("equal_qkv", [False, True])
 @pytest.mark.parametrize("method", ["exact", "svd"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_two_inputs(fmt, method, pristine, samples, tmp_path):
-    """Ratios (one negative), block weights, a module only one input has, modules at weight 0."""
+def test_two_inputs(fmt, method, equal_qkv, pristine, samples, tmp_path):
+    """Ratios (one negative), block weights, a module only one input has, modules at weight 0; q/k/v
+    at their own ranks, or made equal with zero components (loaded as the same ΔW)."""
     rank = 6 if method == "svd" else None  # 4 + 2: full rank, so the SVD is exact too
-    report, path = run_merge(samples, PAIR, fmt, tmp_path, method=method, rank=rank)
+    report, path = run_merge(samples, PAIR, fmt, tmp_path, method=method, rank=rank, equal_qkv=equal_qkv)
     deltas = expected_deltas(samples, PAIR)
     zero = {m for m, d in deltas.items() if not bool(d.abs().max() > 0)}
     assert zero == {"layers.2.attention.to_v"} | {m for m in deltas if m.startswith("noise_refiner.1.")}
     assert set(report.dropped) == zero
-    assert {s.rank_out for s in report.modules} == {2, 4, 6}  # ranks differ between modules
+    ranks = {s.module: s.rank_out for s in report.modules}
+    qkv = {}
+    for module, rank in ranks.items():
+        if _cell(module) and _cell(module)[1] in ("q", "k", "v"):
+            qkv.setdefault(_cell(module)[0], set()).add(rank)
+    if equal_qkv:
+        assert all(len(block_ranks) == 1 for block_ranks in qkv.values()) and any(s.padded for s in report.modules)
+    else:
+        assert set(ranks.values()) == {2, 4, 6}  # ranks differ between modules
+        assert any(len(block_ranks) > 1 for block_ranks in qkv.values())
     check_file_layout(path, fmt, deltas)
     if fmt == "diffusers":
         header = json.loads(_metadata(path)["lora_adapter_metadata"])
@@ -335,7 +346,7 @@ def test_svd_auto_rank_per_module(fmt, pristine, samples, tmp_path):
         # M_k is M's best rank-k approximation: ‖M − M_k‖ = rel_error·‖M‖ and ‖M_k‖² = kept·‖M‖²
         assert abs(float((change - full).norm()) / norm - stat.rel_error) < TOLERANCE, module
         assert abs(float(change.norm()) ** 2 / norm ** 2 - stat.kept_energy) < TOLERANCE, module
-        assert int(torch.linalg.matrix_rank(change, rtol=1e-5)) == stat.rank_out, module
+        assert int(torch.linalg.matrix_rank(change, rtol=1e-5)) == stat.rank_out - stat.padded, module
         layer = lora_layer(transformer, module)
         adapter = adapter or next(iter(layer.r))
         part = _cell(module)[1] if _cell(module) else None

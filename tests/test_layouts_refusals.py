@@ -32,10 +32,10 @@ def test_dora_in_every_layout_is_refused_saying_a_base_model_is_needed(tmp_path,
 
 
 @pytest.mark.parametrize("suffix,message", [
-    (".diff_b", "has a bias or norm delta"),
     (".set_weight", "has set_weight .* replaces the weight"),
-    (".lora_B.bias", r"has a LoRA bias \(PEFT lora_bias=True\)"),
-    (".lora_up.bias", r"has a LoRA bias"),
+    (".lora_A.bias", r"has a bias on its down factor"),
+    (".lora_down.bias", r"has a bias on its down factor"),
+    (".w_norm", r"has a norm delta .* on a linear module"),
 ])
 def test_deltas_plain_lora_cannot_carry_are_refused_naming_the_module(tmp_path, suffix, message):
     path = tmp_path / "f.safetensors"

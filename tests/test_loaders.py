@@ -82,13 +82,15 @@ def test_nunchaku_needs_equal_qkv_ranks_per_block(tmp_path):
     # an exact merge of a rank-2 LoRA with a rank-3 one on q only: q has rank 5, k and v rank 2
     full = sample(tmp_path, "aitoolkit", rank=2)
     q_only = sample(tmp_path, "aitoolkit", rank=3, components=("q",), seed=1)
-    output = _merged(tmp_path, [(full, ""), (q_only, "")])
+    output = _merged(tmp_path, [(full, ""), (q_only, "")], equal_qkv_ranks=False)
     nunchaku = reports_of(output)["nunchaku"]
     assert nunchaku.summary() == "nunchaku applies 20 of 32 modules"
     (group,) = nunchaku.skipped
     assert sorted(group.modules) == sorted(model.module_name(f"L0{i}", c) for i in range(4) for c in "qkv")
     assert group.example == "L00 q rank 5, k rank 2, v rank 2"
     assert reports_of(full)["nunchaku"].complete
+    # the writers' default: k and v padded with zeros to q's rank 5, so nunchaku applies them all
+    assert reports_of(_merged(tmp_path, [(full, ""), (q_only, "")]))["nunchaku"].complete
 
 
 def test_our_outputs_in_each_format(tmp_path):

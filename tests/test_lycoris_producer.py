@@ -98,10 +98,17 @@ def test_lycoris_files_read_as_lycoris_applies_them(tmp_path, algo, kwargs):
         assert relative_error(scale * (up.double() @ down.double()), expected) < 1e-5, lora_name
 
 
-def test_lycoris_full_with_a_bias_delta_is_refused_by_module(tmp_path):
-    path, _ = _write(tmp_path, "full", ada_bias=True)
-    with pytest.raises(ZLoraError, match="module layers.0.adaLN_modulation.0 has a bias or norm delta"):
-        LoraFile.open(path)
+def test_lycoris_full_with_a_bias_delta_reads_the_bias_delta_lycoris_applies(tmp_path):
+    path, modules = _write(tmp_path, "full", ada_bias=True)
+    lora = LoraFile.open(path)
+    with_bias = [name for name in modules if "adaLN" in name]
+    assert lora.bias_modules == [_canonical(name) for name in with_bias]
+    for lora_name in with_bias:
+        module = modules[lora_name]
+        module.eval()
+        with torch.no_grad():  # at x = 0 the forward's output is the bias; less the original: its delta
+            expected = (module(torch.zeros(1, T)) - module.org_bias[0])[0].double()
+        assert relative_error(lora.load_bias(_canonical(lora_name)).double(), expected) < 1e-6, lora_name
 
 
 def test_lycoris_dora_is_refused(tmp_path):

@@ -138,7 +138,7 @@ def test_full_rank_lokr_with_metadata_alpha_over_dim_warns_of_the_ambiguity(tmp_
     _full_lokr(path, 16.0, {"ss_network_alpha": "16", "ss_network_dim": "64"})
     lora = LoraFile.open(path)
     assert lora.modules[Q].scale == 1.0
-    assert any("alpha/dim is 0.25" in w and "try a ratio near 0.25" in w for w in lora.warnings)
+    assert any("alpha/dim is 0.25" in w and "read it × 0.25 (lokr_scale alpha_over_dim)" in w for w in lora.warnings)
 
 
 Q = "layers.0.attention.to_q"

@@ -70,9 +70,9 @@ GOOD_INPUT = {"path": "a.safetensors", "ratio": 1.0}
     ({"output": "o", "inputs": [{**GOOD_INPUT, "preset": 3}]}, "inputs[0].preset: must be a preset name"),
     # unknown keys are named, with the known ones
     ({"output": "o", "inputs": [{**GOOD_INPUT, "ratios": 1}]},
-     "inputs[0].ratios: unknown key (known: path, ratio, weights, preset, enabled;"),
+     "inputs[0].ratios: unknown key (known: path, ratio, weights, preset, enabled, lokr_scale;"),
     ({"output": "o", "outptu": "x", "inputs": [GOOD_INPUT]},
-     "outptu: unknown key (known: output, format, method, rank, energy, dtype, device, inputs;"),
+     "outptu: unknown key (known: output, format, method, rank, energy, dtype, device, equal_qkv_ranks, inputs;"),
     # top-level types and ranges
     ({"output": 3, "inputs": [GOOD_INPUT]}, "output: must be a path (text), got 3"),
     ({"output": "o", "format": "ckpt", "inputs": [GOOD_INPUT]},

@@ -13,8 +13,9 @@ from zlora_desktop.core.recipe import Recipe, RecipeInput
 from zlora_desktop.core.sample import SampleSpec, write_sample
 
 
-def _stacked(terms):
-    return stack_terms(terms, torch.float32)
+def _stacked(terms, device):
+    """The terms stacked as the SVD path stacks them, on the merge device of the engine tests."""
+    return stack_terms(terms, torch.float32, device, up_column_major=True)
 
 
 def _random_terms(seed: int, out_dim=48, in_dim=40, ranks=(4, 6, 3)):
@@ -24,10 +25,10 @@ def _random_terms(seed: int, out_dim=48, in_dim=40, ranks=(4, 6, 3)):
 
 
 @pytest.mark.parametrize("rank", [1, 5, 9, 13])
-def test_factored_svd_matches_dense_svd(rank):
+def test_factored_svd_matches_dense_svd(rank, merge_device):
     terms = _random_terms(rank)
     dense = sum(c * (up.double() @ down.double()) for down, up, c in terms)
-    down, up = _stacked(terms)
+    down, up = _stacked(terms, merge_device)
     new_down, new_up, stats = svd_truncate(down, up, rank, 0.99)
     u, s, vh = torch.linalg.svd(dense)
     best = (u[:, :rank] * s[:rank]) @ vh[:rank]
@@ -39,48 +40,49 @@ def test_factored_svd_matches_dense_svd(rank):
     assert stats.rel_error == pytest.approx(true_error, rel=1e-5, abs=1e-7)
 
 
-def test_full_rank_svd_is_exact_and_reports_zero_error():
+def test_full_rank_svd_is_exact_and_reports_zero_error(merge_device):
     terms = _random_terms(1)
     dense = sum(c * (up.double() @ down.double()) for down, up, c in terms)
-    new_down, new_up, stats = svd_truncate(*_stacked(terms), 64, 0.99)
+    new_down, new_up, stats = svd_truncate(*_stacked(terms, merge_device), 64, 0.99)
     assert stats.rank_out == 13  # the sum's exact rank; a larger request is capped and reported
     assert stats.rel_error < 1e-6 and stats.kept_energy == pytest.approx(1.0)
     assert relative_error(new_up.double() @ new_down.double(), dense) < 1e-5
 
 
 @pytest.mark.parametrize("energy", [0.5, 0.9, 0.99, 1.0])
-def test_auto_rank_keeps_the_smallest_rank_reaching_the_energy(energy):
+def test_auto_rank_keeps_the_smallest_rank_reaching_the_energy(energy, merge_device):
     terms = _random_terms(7)
     dense = sum(c * (up.double() @ down.double()) for down, up, c in terms)
     s = torch.linalg.svdvals(dense)
     cumulative = torch.cumsum(s.square(), 0) / s.square().sum()
-    _, _, stats = svd_truncate(*_stacked(terms), "auto", energy)
+    _, _, stats = svd_truncate(*_stacked(terms, merge_device), "auto", energy)
     assert stats.kept_energy >= energy - 1e-9
     expected_rank = int((cumulative < energy - 1e-9).sum()) + 1
     assert stats.rank_out == min(expected_rank, 13)
 
 
-def test_duplicate_inputs_are_rank_deficient_but_exact():
+def test_duplicate_inputs_are_rank_deficient_but_exact(merge_device):
     """The same LoRA twice: stacked factors are rank-deficient; QR must cope."""
     down, up = torch.randn(4, 30), torch.randn(20, 4)
-    new_down, new_up, stats = svd_truncate(*_stacked([(down, up, 1.0), (down, up, 1.0)]), 4, 0.99)
+    new_down, new_up, stats = svd_truncate(*_stacked([(down, up, 1.0), (down, up, 1.0)], merge_device), 4, 0.99)
     assert relative_error(new_up.double() @ new_down.double(), 2 * (up.double() @ down.double())) < 1e-5
     assert stats.rel_error < 1e-5
 
 
-def test_large_values_are_never_clamped():
+def test_large_values_are_never_clamped(merge_device):
     down = torch.randn(2, 16) * 1e3
     up = torch.randn(16, 2) * 1e3
-    new_down, new_up, _ = svd_truncate(*_stacked([(down, up, 3.0)]), 2, 0.99)
+    new_down, new_up, _ = svd_truncate(*_stacked([(down, up, 3.0)], merge_device), 2, 0.99)
     assert relative_error(new_up.double() @ new_down.double(), 3.0 * (up.double() @ down.double())) < 1e-5
 
 
-def test_svd_merge_reports_per_module_fidelity_and_the_worst(tmp_path):
+def test_svd_merge_reports_per_module_fidelity_and_the_worst(tmp_path, merge_device):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     write_sample(a, SampleSpec(rank=6, layers=3, dtype="fp32", seed=1))
     write_sample(b, SampleSpec(rank=6, layers=3, dtype="fp32", seed=2))
     out = tmp_path / "o.safetensors"
-    report = merge(Recipe([RecipeInput(str(a), 1.0), RecipeInput(str(b), 0.5)], str(out), method="svd", rank=4))
+    report = merge(Recipe([RecipeInput(str(a), 1.0), RecipeInput(str(b), 0.5)], str(out), method="svd", rank=4,
+                          device=merge_device))
     assert len(report.modules) == 24
     assert all(s.rank_in == 12 and s.rank_out == 4 for s in report.modules)
     assert all(0 < s.kept_energy < 1 and 0 < s.rel_error < 1 for s in report.modules)
@@ -92,14 +94,14 @@ def test_svd_merge_reports_per_module_fidelity_and_the_worst(tmp_path):
     assert set(got) == {s.module for s in report.modules}
 
 
-def test_svd_on_full_size_module_needs_no_dense_matrix():
+def test_svd_on_full_size_module_needs_no_dense_matrix(merge_device):
     """A [10240, 3840] module at rank 8+8: the result matches the dense best approximation."""
     generator = torch.Generator().manual_seed(0)
     terms = [(torch.randn(8, 3840, generator=generator) / 60, torch.randn(10240, 8, generator=generator) / 100, 1.0),
              (torch.randn(8, 3840, generator=generator) / 60, torch.randn(10240, 8, generator=generator) / 100, 0.7)]
-    new_down, new_up, stats = svd_truncate(*_stacked(terms), 8, 0.99)
+    new_down, new_up, stats = svd_truncate(*_stacked(terms, merge_device), 8, 0.99)
     assert new_down.shape == (8, 3840) and new_up.shape == (10240, 8)
-    down, up = _stacked(terms)
+    down, up = _stacked(terms, merge_device)
     # Compare in the small space: ‖M − M_k‖² = ‖M‖² − ‖M_k‖² for the optimal M_k.
     gram = lambda d, u: float(((u.double().T @ u.double()) * (d.double() @ d.double().T)).sum())
     total, kept = gram(down, up), gram(new_down, new_up)

@@ -136,13 +136,13 @@ def test_output_dtype_defaults_to_the_inputs(tmp_path):
     assert merge(Recipe([RecipeInput(str(path), 1.0), RecipeInput(str(other), 1.0)], str(out))).dtype == "float32"
 
 
-def test_recipe_metadata_makes_the_output_reproducible(tmp_path, two_inputs):
+def test_recipe_metadata_makes_the_output_reproducible(tmp_path, two_inputs, merge_device):
     from zlora_desktop.core.merge import sha256_file
 
     (a, _), (b, _) = two_inputs
     out = tmp_path / "o.safetensors"
     merge(Recipe([RecipeInput(str(a), 1.0, "adaLN=0.5"), RecipeInput(str(b), -0.25, preset="face-only")],
-                 str(out), method="svd", rank=8))
+                 str(out), method="svd", rank=8, device=merge_device))
     with safe_open(str(out), "pt") as handle:
         metadata = handle.metadata()
     record = json.loads(metadata["zlora_recipe"])

@@ -45,14 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block weights per input in the weight syntax (one value applies to all)")
     p.add_argument("--preset", action="append", default=[],
                    help="preset per input (one value applies to all); --weights apply on top")
+    p.add_argument("--lokr-scale", action="append", default=[], choices=tuple(options.LOKR_SCALES),
+                   help="per input (one value applies to all): how a LoKr with both factors full is scaled: "
+                        "'loader' (alpha ignored, as ComfyUI and diffusers) or 'alpha_over_dim' (× its metadata's "
+                        "ss_network_alpha/ss_network_dim, as some trainers applied it)")
     p.add_argument("--format", choices=tuple(options.FORMATS))
     p.add_argument("--method", choices=tuple(options.METHODS))
     p.add_argument("--rank", help="svd target rank, or 'auto' (by kept energy)")
     p.add_argument("--energy", type=float, help="svd auto: energy to keep, e.g. 0.99")
     p.add_argument("--dtype", choices=tuple(options.DTYPES))
     p.add_argument("--device", choices=tuple(options.DEVICES))
+    p.add_argument("--equal-qkv-ranks", action=argparse.BooleanOptionalAction, default=None,
+                   help="write q, k and v of each block at one rank, as nunchaku needs (default: on; an SVD keeps "
+                        "more singular values, an exact merge pads with zeros where inputs differ)")
     p.add_argument("--save-recipe", help="also write the equivalent recipe JSON here")
-    p.add_argument("--json", action="store_true", help="print the merge report as JSON")
+    p.add_argument("--json", action="store_true", help="print the merge report as JSON (per module too)")
+    p.add_argument("--per-module", action="store_true",
+                   help="also list every module: rank in and out, and what each input was there and at what rank")
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("presets", help="list, show, import and export block-weight presets")
@@ -224,6 +233,11 @@ def recipe_from_args(args) -> Recipe:
                 setattr(recipe, option, getattr(args, option))
         if args.rank is not None:
             recipe.rank = _rank(args.rank)
+        if args.equal_qkv_ranks is not None:
+            recipe.equal_qkv_ranks = args.equal_qkv_ranks
+        if args.lokr_scale:
+            for item, reading in zip(recipe.inputs, _per_input(args.lokr_scale, len(recipe.inputs), "--lokr-scale")):
+                item.lokr_scale = reading
         return recipe
     if not args.inputs:
         raise ZLoraError("no input LoRAs given (or use --recipe)")
@@ -235,12 +249,16 @@ def recipe_from_args(args) -> Recipe:
     ratios = _per_input(args.ratio, count, "--ratio")
     weights = _per_input(args.weights, count, "--weights") if args.weights else [""] * count
     presets = _per_input(args.preset, count, "--preset") if args.preset else [None] * count
+    readings = (_per_input(args.lokr_scale, count, "--lokr-scale") if args.lokr_scale
+                else [options.DEFAULT_LOKR_SCALE] * count)
     method = args.method or ("svd" if args.rank else "exact")
     return Recipe(
-        inputs=[RecipeInput(os.path.abspath(p), r, w, s) for p, r, w, s in zip(args.inputs, ratios, weights, presets)],
+        inputs=[RecipeInput(os.path.abspath(p), r, w, s, lokr_scale=k)
+                for p, r, w, s, k in zip(args.inputs, ratios, weights, presets, readings)],
         output=os.path.abspath(args.output), format=args.format or "aitoolkit", method=method,
         rank=_rank(args.rank) if args.rank else None, energy=args.energy or 0.99,
-        dtype=args.dtype or "auto", device=args.device or "auto")
+        dtype=args.dtype or "auto", device=args.device or "auto",
+        equal_qkv_ranks=options.DEFAULT_EQUAL_QKV_RANKS if args.equal_qkv_ranks is None else args.equal_qkv_ranks)
 
 
 def _per_input(values: list, count: int, option: str) -> list:
@@ -273,13 +291,18 @@ def cmd_merge(args) -> int:
         if show:
             print(f"\r[{done}/{total}] {module:<48}", end="", file=sys.stderr, flush=True)
 
-    report = merge(recipe, progress=progress)
+    def notice(warning: str) -> None:  # before any module is merged: what is left out is never a surprise
+        print(f"zlora: warning: {warning}", file=sys.stderr, flush=True)
+
+    report = merge(recipe, progress=progress, notice=notice)
     if show:
         print(file=sys.stderr)
     if args.json:
         print(json.dumps(report_json(report), indent=2))
     elif not args.quiet:
         print(report.summary())
+        if args.per_module:
+            print("\n".join(report.module_lines()))
     return EXIT_OK
 
 
@@ -288,10 +311,13 @@ def report_json(report) -> dict:
     return {
         "output": report.output, "format": report.format, "method": report.method, "device": report.device,
         "dtype": report.dtype, "output_bytes": report.output_bytes, "seconds": round(report.seconds, 3),
-        "dropped": report.dropped, "warnings": report.warnings,
+        "dropped": report.dropped, "warnings": report.warnings, "bias_modules": report.bias_modules,
         "worst_module": worst.module if worst and report.method == "svd" else None,
-        "modules": [{"module": s.module, "rank_in": s.rank_in, "rank_out": s.rank_out,
-                     "kept_energy": s.kept_energy, "rel_error": s.rel_error} for s in report.modules],
+        "inputs": report.inputs_summary(),
+        "modules": [{"module": s.module, "rank_in": s.rank_in, "rank_out": s.rank_out, "padded": s.padded,
+                     "kept_energy": s.kept_energy, "rel_error": s.rel_error,
+                     "inputs": [{"file": i.file, "kind": i.kind, "rank": i.rank} for i in s.inputs]}
+                    for s in report.modules],
     }
 
 

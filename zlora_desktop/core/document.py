@@ -7,7 +7,7 @@ workers) through ``file_read`` / ``file_failed`` / ``file_hashed``. Observers su
 
 - ``("inserted", row, entries)``, ``("removed", row, entry)``, ``("moved", old_row, new_row, entry)``,
   ``("reset",)``: the list's structure;
-- ``("entry", entry, field)`` with field ``ratio``, ``enabled``, ``weights`` or ``file``;
+- ``("entry", entry, field)`` with field ``ratio``, ``enabled``, ``weights``, ``lokr_scale`` or ``file``;
 - ``("output",)``, ``("recipe_path",)``, ``("presets",)``;
 - ``("message", text)``: one line worth telling the user (a duplicate unticked, a problem found);
 - ``("focus", entry_ids)``: an undo or redo changed these entries, show them.
@@ -47,6 +47,7 @@ class Entry:
     enabled: bool = True
     weights: BlockWeights = field(default_factory=BlockWeights)
     preset: str | None = None  # the preset the weights came from, as a label
+    lokr_scale: str = options.DEFAULT_LOKR_SCALE  # how a full-rank LoKr file is scaled (options.LOKR_SCALES)
     id: int = field(default_factory=lambda: next(_ids))
     state: str = LOADING
     lora: object = None  # core.lora_file.LoraFile (header only), once read
@@ -109,6 +110,7 @@ class OutputSettings:
     energy: float = options.DEFAULT_ENERGY
     dtype: str = options.DEFAULT_DTYPE
     device: str = options.DEFAULT_DEVICE
+    equal_qkv_ranks: bool = options.DEFAULT_EQUAL_QKV_RANKS
     extra: dict = field(default_factory=dict)  # recipe keys this version keeps without knowing them
 
     def recipe_rank(self):
@@ -195,6 +197,22 @@ class EnabledCommand(Command):
 
     def undo(self) -> None:
         self._doc._put_enabled(self._entry_id, not self._enabled)
+
+
+class LokrScaleCommand(Command):
+    def __init__(self, doc: "Document", entry_id: int, old: str, new: str, text: str):
+        super().__init__(text)
+        self._doc, self._entry_id, self._old, self._new = doc, entry_id, old, new
+
+    @property
+    def entry_ids(self) -> list[int]:
+        return [self._entry_id]
+
+    def redo(self) -> None:
+        self._doc._put_lokr_scale(self._entry_id, self._new)
+
+    def undo(self) -> None:
+        self._doc._put_lokr_scale(self._entry_id, self._old)
 
 
 class AddEntriesCommand(Command):
@@ -345,6 +363,17 @@ class Document:
         if entry is None or entry.enabled == enabled or entry.state == FAILED:
             return
         self._push(EnabledCommand(self, entry_id, enabled, f"{'Include' if enabled else 'Leave out'} {entry.name}"))
+
+    def set_lokr_scale(self, entry_id: int, reading: str) -> None:
+        """How a full-rank LoKr entry is scaled: "loader" or "alpha_over_dim" (options.LOKR_SCALES)."""
+        entry = self.entry(entry_id)
+        if reading not in options.LOKR_SCALES:
+            raise ZLoraError(f"unknown LoKr scale reading {reading!r}")
+        if entry is None or entry.lokr_scale == reading:
+            return
+        text = (f"Read {entry.name} × alpha/dim" if reading == "alpha_over_dim"
+                else f"Read {entry.name} as the loaders do")
+        self._push(LokrScaleCommand(self, entry_id, entry.lokr_scale, reading, text))
 
     def set_weights(self, entry_id: int, weights: BlockWeights, text: str, preset: str | None = None,
                     merge_key: Hashable = None, keep_preset: bool = True) -> None:
@@ -498,6 +527,12 @@ class Document:
             entry.enabled = bool(enabled)
             self._emit("entry", entry, "enabled")
 
+    def _put_lokr_scale(self, entry_id: int, reading: str) -> None:
+        entry = self.entry(entry_id)
+        if entry is not None and entry.lokr_scale != reading:
+            entry.lokr_scale = reading
+            self._emit("entry", entry, "lokr_scale")
+
     def _put_weights(self, entry_id: int, weights: BlockWeights, preset: str | None) -> None:
         entry = self.entry(entry_id)
         if entry is not None:
@@ -600,6 +635,17 @@ class Document:
                     f"(an exact merge gives the same result at rank {total})")
         return None
 
+    def bias_note(self) -> str | None:
+        """Said when the chosen format will leave out the bias deltas of inputs that carry them."""
+        if self.output.format in options.BIAS_FORMATS:
+            return None
+        names = [e.name for e in self._entries if e.merged and e.lora is not None and e.lora.bias_modules]
+        if not names:
+            return None
+        return (f"{', '.join(names)} {'has' if len(names) == 1 else 'have'} bias deltas that format "
+                f"{self.output.format} cannot hold: they will be left out; format "
+                f"{' or '.join(options.BIAS_FORMATS)} keeps them (ComfyUI applies them)")
+
     # ---- recipes (the document's file form) -----------------------------------------------------
 
     def _input_for(self, entry: Entry) -> RecipeInput:
@@ -612,14 +658,15 @@ class Document:
             if builtin is not None and not any(p.name == entry.preset for p in self.store.user):
                 if builtin.block_weights() == entry.weights:
                     preset, weights = builtin.name, ""
-        return RecipeInput(entry.path, entry.ratio, weights, preset, entry.enabled and entry.state != FAILED)
+        return RecipeInput(entry.path, entry.ratio, weights, preset, entry.enabled and entry.state != FAILED,
+                           lokr_scale=entry.lokr_scale)
 
     def to_recipe(self) -> Recipe:
         """The whole document as a recipe (every entry; unusable ones switched off)."""
         out = self.output
         return Recipe(inputs=[self._input_for(e) for e in self._entries], output=out.output,
                       format=out.format, method=out.method, rank=out.recipe_rank(), energy=out.energy,
-                      dtype=out.dtype, device=out.device, extra=dict(out.extra))
+                      dtype=out.dtype, device=out.device, extra=dict(out.extra), equal_qkv_ranks=out.equal_qkv_ranks)
 
     def merge_recipe(self) -> Recipe:
         """The recipe to merge now: raises ZLoraError with what stops the merge."""
@@ -647,7 +694,8 @@ class Document:
         self._entries = []
         self._by_id = {}
         self.output = OutputSettings(format=out.format, method=out.method, rank=out.rank, rank_auto=out.rank_auto,
-                                     energy=out.energy, dtype=out.dtype, device=out.device)
+                                     energy=out.energy, dtype=out.dtype, device=out.device,
+                                     equal_qkv_ranks=out.equal_qkv_ranks)
         self.recipe_path = ""
         self.history.clear()
         self._emit("reset")
@@ -665,13 +713,13 @@ class Document:
                 problems.append(f"{os.path.basename(item.path)}: {exc}; its weights were reset to 1")
                 grid, preset = BlockWeights(), None
             entries.append(Entry(path=os.path.abspath(item.path), ratio=item.ratio, enabled=item.enabled,
-                                 weights=grid, preset=preset))
+                                 weights=grid, preset=preset, lokr_scale=item.lokr_scale))
         self.clear()
         self.output = OutputSettings(
             output=recipe.output, output_confirmed=False, format=recipe.format, method=recipe.method,
             rank=recipe.rank if isinstance(recipe.rank, int) else options.DEFAULT_SVD_RANK,
             rank_auto=recipe.rank == "auto", energy=recipe.energy, dtype=recipe.dtype, device=recipe.device,
-            extra=dict(recipe.extra))
+            equal_qkv_ranks=recipe.equal_qkv_ranks, extra=dict(recipe.extra))
         if entries:
             self._insert(0, entries)  # not an undo step: opening starts a fresh history
         self.recipe_path = path

@@ -46,15 +46,17 @@ _SUFFIXES = (
     (".hada_t1", "tucker"),
     (".hada_t2", "tucker"),
     (".diff", "diff"),  # full ΔW (ComfyUI LoraSave, LyCORIS full)
-    (".diff_b", "delta_other"),  # bias ΔW
-    (".w_norm", "delta_other"),  # norm weight ΔW
-    (".b_norm", "delta_other"),  # norm bias ΔW
+    (".diff_b", "diff_b"),  # bias ΔW (LyCORIS full, ComfyUI LoraSave): applied as it is
+    (".w_norm", "norm_delta"),  # norm weight ΔW
+    (".b_norm", "norm_delta"),  # norm bias ΔW
     (".set_weight", "set_weight"),  # replaces W: not a delta
-    (".lora_A.bias", "lora_bias"),  # PEFT lora_bias=True: a bias ΔW
-    (".lora_B.bias", "lora_bias"),
-    (".lora_down.bias", "lora_bias"),
+    (".lora_B.bias", "lora_bias"),  # PEFT lora_bias=True: bias ΔW = scale · lora_B.bias
     (".lora_up.bias", "lora_bias"),
+    (".lora_A.bias", "down_bias"),  # a bias inside the product: no trainer writes it
+    (".lora_down.bias", "down_bias"),
 )
+# Parts that carry a module's bias ΔW beside its weight ΔW.
+BIAS_PARTS = ("diff_b", "lora_bias")
 # Parts whose presence means a kind of file the reader expands into factors.
 LOHA_PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 LOKR_PARTS = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b")

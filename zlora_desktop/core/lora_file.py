@@ -13,12 +13,16 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from . import dtypes, keys, model
+from . import dtypes, keys, model, options
 from .errors import ZLoraError, one_line
 from .recipe import RECIPE_METADATA_KEY
 from .st_header import Header, read_header, read_scalar
 
 FUSED_SUFFIX = "." + keys.FUSED_QKV
+
+
+# ModuleInfo.kind -> what the user reads in reports.
+KIND_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "lokr-full": "LoKr (full rank)", "diff": "full diff"}
 
 
 @dataclass
@@ -35,6 +39,10 @@ class ModuleInfo:
     fused_part: int | None = None  # 0/1/2 for q/k/v taken out of a fused qkv pair
     kind: str = "lora"  # "lora", "loha", "lokr" or "diff": how the factors are formed from the tensors
     tensors: dict[str, str] = field(default_factory=dict)  # part -> key, for the expanded kinds
+    # The module's bias ΔW beside its weight ΔW: ``bias_scale`` · the tensor ``bias_key`` (1-D, the
+    # rows of the module, or of its fused qkv): 1 for ``diff_b``, alpha/rank for PEFT's lora_B.bias.
+    bias_key: str | None = None
+    bias_scale: float = 1.0
 
 
 @dataclass
@@ -50,6 +58,7 @@ class LoraFile:
     dims: dict[str, int]
     variant: str = "turbo"  # a key of model.VARIANTS: the model the file targets, from its keys and shapes
     variant_evidence: str = ""  # why, in words ("" for Turbo/Base, which share their keys)
+    lokr_scale: str = options.DEFAULT_LOKR_SCALE  # how its full-rank LoKr modules are read (set_lokr_scale)
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -79,16 +88,27 @@ class LoraFile:
         modules: dict[str, ModuleInfo] = {}
         peft_alpha = _PeftAlpha(header.metadata, path)
 
+        def module_info(module: str) -> ModuleInfo:
+            parts = dict(groups[module])
+            bias = {part: parts.pop(part) for part in keys.BIAS_PARTS if part in parts}
+            if not set(parts) - {"alpha"}:
+                raise ZLoraError(f"module {module} has a bias delta ({bias[next(iter(bias))][0]!r}) but no weight "
+                                 "delta: a bias-only module is not supported yet", path)
+            info = _module_info(header, module, parts, peft_alpha, notes)
+            if bias:
+                _attach_bias(header, info, bias, notes)
+            return info
+
         fused = sorted(m for m in groups if m.endswith(FUSED_SUFFIX))
         for module in sorted((m for m in groups if not m.endswith(FUSED_SUFFIX)), key=model.module_order):
-            modules[module] = _module_info(header, module, groups[module], peft_alpha, notes)
+            modules[module] = module_info(module)
         for fused_module in fused:
             block_prefix = fused_module[: -len(FUSED_SUFFIX)]
             split_names = [f"{block_prefix}.attention.to_{p}" for p in "qkv"]
             if any(n in modules for n in split_names):
                 notes.append("fused attention_qkv copies ignored, the split to_q/to_k/to_v keys are used")
                 continue
-            info = _module_info(header, fused_module, groups[fused_module], peft_alpha, notes)
+            info = module_info(fused_module)
             if info.shape[0] % 3:
                 raise ZLoraError(f"fused qkv {fused_module} has {info.shape[0]} rows, not a multiple of 3", path)
             part_rank = info.rank // 3 if info.rank % 3 == 0 and info.kind == "lora" else info.rank
@@ -96,7 +116,7 @@ class LoraFile:
                 part_alpha = None if info.alpha is None else info.scale * part_rank
                 modules[name] = ModuleInfo(name, part_rank, part_alpha, info.scale,
                                            (info.shape[0] // 3, info.shape[1]), info.key_a, info.key_b, index,
-                                           info.kind, info.tensors)
+                                           info.kind, info.tensors, info.bias_key, info.bias_scale)
         modules = dict(sorted(modules.items(), key=lambda item: model.module_order(item[0])))
 
         notes = _collapse(notes)
@@ -122,6 +142,34 @@ class LoraFile:
             lora.warnings.append(f"{len(unknown) - len(pixel_keys)} keys are not Z-Image transformer LoRA keys and "
                                  "are left out")
         return lora
+
+    # ---- the full-rank LoKr reading -----------------------------------------------------
+
+    @property
+    def full_lokr_alpha_over_dim(self) -> float | None:
+        """The metadata's alpha/dim where this file is a full-rank LoKr whose scale is ambiguous
+        (both factors full and ss_network_alpha / ss_network_dim ≠ 1); None otherwise."""
+        if not any(info.kind == "lokr-full" for info in self.modules.values()):
+            return None
+        return _metadata_alpha_over_dim(self.header.metadata)
+
+    def set_lokr_scale(self, reading: str) -> None:
+        """Read the full-rank LoKr modules ``reading`` way (``options.LOKR_SCALES``): "loader" (scale
+        1, as ComfyUI and diffusers) or "alpha_over_dim" (the metadata's alpha/dim, as some trainers
+        applied it). Only a file where the two differ takes "alpha_over_dim"."""
+        if reading not in options.LOKR_SCALES:
+            raise ZLoraError(f"unknown LoKr scale reading {reading!r} (known: {', '.join(options.LOKR_SCALES)})")
+        ratio = self.full_lokr_alpha_over_dim
+        if reading == "alpha_over_dim" and ratio is None:
+            raise ZLoraError("lokr_scale alpha_over_dim applies only to a LoKr with both factors full whose metadata "
+                             "gives ss_network_alpha / ss_network_dim ≠ 1; this file is read one way only", self.path)
+        full = [info for info in self.modules.values() if info.kind == "lokr-full"]
+        for info in full:
+            info.scale = ratio if reading == "alpha_over_dim" else 1.0
+        if reading != self.lokr_scale and ratio is not None:
+            self.warnings = [w for w in self.warnings if not w.startswith(_FULL_LOKR_WARNING_START)]
+            self.warnings.append(_full_lokr_warning(len(full), ratio, reading))
+        self.lokr_scale = reading
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -159,6 +207,26 @@ class LoraFile:
         if not (all_finite(down) and all_finite(up)):
             raise ZLoraError(f"module {module} holds NaN or Inf values", self.path)
         return down, up, info.scale
+
+    def load_bias(self, module: str):
+        """The module's bias ΔW [out] (scale applied) as float32 on the CPU, or None when it has none."""
+        import torch
+
+        info = self.modules[module]
+        if info.bias_key is None:
+            return None
+        bias = self._read(self._handle(), info.bias_key)
+        if info.fused_part is not None:
+            rows = info.shape[0]
+            bias = bias[info.fused_part * rows:(info.fused_part + 1) * rows]
+        if not all_finite(bias):
+            raise ZLoraError(f"module {module} holds NaN or Inf values", self.path)
+        return bias.to(torch.float32) * info.bias_scale
+
+    @property
+    def bias_modules(self) -> list[str]:
+        """The modules that carry a bias ΔW beside their weight ΔW."""
+        return [name for name, info in self.modules.items() if info.bias_key is not None]
 
     def _read(self, handle, key: str):
         # The header was validated on opening; what can still fail here (the file changed or went
@@ -379,11 +447,14 @@ def _refuse_unsupported(parsed: dict[str, keys.ParsedKey], path: str) -> None:
         module = parsed[first["set_weight"]].module
         raise ZLoraError(f"module {module} has set_weight ({first['set_weight']!r}), which replaces the weight "
                          "instead of adding a delta: it cannot be merged as a LoRA", path)
-    for part, what in (("delta_other", "a bias or norm delta"), ("lora_bias", "a LoRA bias (PEFT lora_bias=True)")):
-        if part in first:
-            module = parsed[first[part]].module
-            raise ZLoraError(f"module {module} has {what} ({first[part]!r}) that plain-LoRA outputs cannot carry: "
-                             "refused rather than dropped", path)
+    if "norm_delta" in first:
+        module = parsed[first["norm_delta"]].module
+        raise ZLoraError(f"module {module} has a norm delta ({first['norm_delta']!r}) on a linear module: ComfyUI would "
+                         "apply it in place of the module's weight delta; refused rather than guessed", path)
+    if "down_bias" in first:
+        module = parsed[first["down_bias"]].module
+        raise ZLoraError(f"module {module} has a bias on its down factor ({first['down_bias']!r}), which no loader "
+                         "defines (PEFT's lora_bias is on lora_B): refused rather than dropped", path)
 
 
 _DELTA_SUFFIXES = (".diff", ".diff_b", ".w_norm", ".b_norm", ".set_weight")
@@ -399,6 +470,22 @@ def _refuse_unknown_weights(unknown: list[str], path: str) -> None:
         if module is not None:
             raise ZLoraError(f"{name!r} belongs to module {module} but is not a tensor kind the engine knows: "
                              "refused rather than left out", path)
+
+
+def _attach_bias(header: Header, info: ModuleInfo, bias: dict[str, list[str]], notes: list[str]) -> None:
+    """Give ``info`` its bias ΔW: ``diff_b`` as it is (ComfyUI adds it at the strength), PEFT's
+    ``lora_B.bias`` times the module's alpha/rank (PEFT scales lora_B's whole output)."""
+    path = header.path
+    if len(bias) > 1:
+        raise ZLoraError(f"module {info.name} has both a diff_b and a LoRA bias: not one layout", path)
+    part = next(iter(bias))
+    if part == "lora_bias" and info.kind != "lora":
+        raise ZLoraError(f"module {info.name} has a LoRA bias on a {info.kind} module: not one layout", path)
+    key, shape = _tensor(header, info.name, bias, part, notes, ndim=1)
+    if shape[0] != info.shape[0]:
+        raise ZLoraError(f"module {info.name}: bias delta {key} has {shape[0]} values for {info.shape[0]} rows", path)
+    info.bias_key = key
+    info.bias_scale = info.scale if part == "lora_bias" else 1.0
 
 
 def _tensor(header: Header, module: str, parts: dict[str, list[str]], part: str, notes: list[str],
@@ -571,15 +658,31 @@ def _check_full_lokr(modules: dict[str, ModuleInfo], metadata: dict[str, str], p
             f"is a full-rank LoKr (lokr_w1 and lokr_w2 both full, e.g. module {full[0].name}): exact factors would "
             f"hold {values / 1e6:.0f} M values; full-rank LoKr is not supported yet at this size (its SVD path, "
             "from the factors' own SVDs, is not implemented)", path)
+    ratio = _metadata_alpha_over_dim(metadata)
+    if ratio is None:
+        return []
+    return [_full_lokr_warning(len(full), ratio, options.DEFAULT_LOKR_SCALE)]
+
+
+_FULL_LOKR_WARNING_START = "LoKr modules with both factors full"
+
+
+def _full_lokr_warning(count: int, ratio: float, reading: str) -> str:
+    if reading == "alpha_over_dim":
+        return (f"{_FULL_LOKR_WARNING_START} ({count}) read × {ratio:g}, the metadata's alpha/dim (lokr_scale "
+                "alpha_over_dim), as some trainers applied it; ComfyUI and diffusers apply them at scale 1")
+    return (f"{_FULL_LOKR_WARNING_START} ({count}) read with alpha ignored (scale 1), as ComfyUI and diffusers do; "
+            f"the metadata's alpha/dim is {ratio:g}, and some trainers applied it: if the result burns at ratio 1, "
+            f"read it × {ratio:g} (lokr_scale alpha_over_dim)")
+
+
+def _metadata_alpha_over_dim(metadata: dict[str, str]) -> float | None:
+    """ss_network_alpha / ss_network_dim of the metadata, where finite, positive and ≠ 1."""
     try:
         ratio = float(metadata["ss_network_alpha"]) / float(metadata["ss_network_dim"])
     except (KeyError, ValueError, ZeroDivisionError):
-        return []
-    if not math.isfinite(ratio) or ratio == 1:
-        return []
-    return [f"{len(full)} LoKr modules have both factors full: read with alpha ignored (scale 1), as ComfyUI and "
-            f"diffusers do; the metadata's alpha/dim is {ratio:g}, and some trainers applied it: if the result "
-            f"burns at ratio 1, try a ratio near {ratio:g}"]
+        return None
+    return ratio if math.isfinite(ratio) and ratio > 0 and ratio != 1 else None
 
 
 # Latent-space Z-Image's x_embedder takes 2×2 patches of 16 latent channels; a pixel-space variant

@@ -20,7 +20,7 @@ from typing import Callable
 
 from . import dtypes, keys, model, options
 from .errors import CancelledError, ZLoraError, one_line
-from .lora_file import LoraFile, all_finite
+from .lora_file import KIND_NAMES, LoraFile, all_finite
 from .recipe import RECIPE_METADATA_KEY, SOURCES_METADATA_KEY, Recipe
 from .writer import AtomicOutput, ModuleWriter, check_little_endian, module_stem, plan_tensors
 
@@ -31,12 +31,26 @@ KnownDigests = Mapping[str, tuple[int, int, str]]
 
 
 @dataclass
+class ModuleInput:
+    """What one input brought to a module of the merge."""
+
+    file: str  # the input's file name
+    kind: str  # how its factors were formed (ModuleInfo.kind: "lora", "loha", "lokr", "lokr-full", "diff")
+    rank: int  # the rank its exact factors entered the merge with
+
+    def describe(self) -> str:
+        return f"{self.file} {KIND_NAMES.get(self.kind, self.kind)} rank {self.rank}"
+
+
+@dataclass
 class ModuleStats:
     module: str
     rank_in: int  # concatenated rank of the exact sum
     rank_out: int
     kept_energy: float = 1.0  # Σ kept σ² / Σ σ²
     rel_error: float = 0.0  # ‖M − M_k‖_F / ‖M‖_F
+    padded: int = 0  # zero components in rank_out, added to give q, k and v of a block one rank
+    inputs: list[ModuleInput] = field(default_factory=list)  # in the recipe's order
 
 
 @dataclass
@@ -54,6 +68,36 @@ class MergeReport:
     # Absolute input path -> (size, mtime_ns, sha256) as recorded in the output: a caller can keep
     # them for the next merge's ``known_digests``.
     input_digests: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    bias_modules: list[str] = field(default_factory=list)  # modules written with a bias ΔW (diff_b)
+
+    def inputs_summary(self) -> list[str]:
+        """One line per input: what its modules were and at what rank they went in, e.g.
+        ``a.safetensors: LoRA rank 16 (210 modules), LoHa rank 64 (30)``."""
+        kinds: dict[str, dict[str, list[int]]] = {}
+        for stats in self.modules:
+            for entered in stats.inputs:
+                kinds.setdefault(entered.file, {}).setdefault(entered.kind, []).append(entered.rank)
+        lines = []
+        for file, by_kind in kinds.items():
+            parts = []
+            for index, (kind, ranks) in enumerate(by_kind.items()):
+                low, high = min(ranks), max(ranks)
+                rank = f"rank {low}" if low == high else f"ranks {low}–{high}"
+                count = str(len(ranks)) if index else f"{len(ranks)} module{'' if len(ranks) == 1 else 's'}"
+                parts.append(f"{KIND_NAMES.get(kind, kind)} {rank} ({count})")
+            lines.append(f"{file}: " + ", ".join(parts))
+        return lines
+
+    def module_lines(self) -> list[str]:
+        """Per module: its rank in and out, and each input's kind and rank."""
+        width = max((len(s.module) for s in self.modules), default=0)
+        lines = []
+        for stats in self.modules:
+            ranks = f"{stats.rank_in:>5} → {stats.rank_out:<5}"
+            if stats.padded:
+                ranks += f" ({stats.padded} zero)"
+            lines.append(f"{stats.module:<{width}}  {ranks}  " + " + ".join(i.describe() for i in stats.inputs))
+        return lines
 
     @property
     def worst(self) -> ModuleStats | None:
@@ -62,12 +106,18 @@ class MergeReport:
     def summary(self) -> str:
         lines = [f"wrote {self.output} ({self.output_bytes / 1e6:.1f} MB, {len(self.modules)} modules, "
                  f"format {self.format}, {self.method}, {self.dtype}, on {self.device}, {self.seconds:.1f} s)"]
+        lines.extend(self.inputs_summary())
+        padded = [s for s in self.modules if s.padded]
+        if padded:
+            lines.append(f"q/k/v ranks made equal: {len(padded)} modules padded with zero components")
         if self.method == "svd" and self.modules:
             worst = self.worst
             ranks = sorted({s.rank_out for s in self.modules})
             energy = min(s.kept_energy for s in self.modules)
             lines.append(f"svd: output ranks {ranks[0]}–{ranks[-1]}, lowest kept energy {energy:.4%}, "
                          f"worst module {worst.module} (relative error {worst.rel_error:.3e})")
+        if self.bias_modules:
+            lines.append(f"{len(self.bias_modules)} modules carry a bias delta (diff_b)")
         if self.dropped:
             lines.append(f"{len(self.dropped)} modules at weight 0 left out")
         lines.extend(f"warning: {w}" for w in self.warnings)
@@ -131,6 +181,7 @@ def open_inputs(recipe: Recipe, presets=None) -> list[tuple[LoraFile, float, obj
                 and os.path.samefile(item.path, recipe.output)):
             raise ZLoraError("the output path is one of the inputs; inputs are never overwritten", recipe.output)
         lora = LoraFile.open(item.path)
+        lora.set_lokr_scale(item.lokr_scale)
         opened.append((lora, item.ratio, item.block_weights(presets)))
     check_compatible([lora for lora, _, _ in opened])
     return opened
@@ -152,12 +203,14 @@ def check_compatible(loras: list[LoraFile]) -> None:
 
 def merge(recipe: Recipe, progress: ProgressCallback | None = None,
           cancel: Callable[[], bool] | threading.Event | None = None, presets=None,
-          known_digests: KnownDigests | None = None) -> MergeReport:
+          known_digests: KnownDigests | None = None, notice: Callable[[str], None] | None = None) -> MergeReport:
     """Run a recipe end to end and write its output. Raises ZLoraError or CancelledError.
 
     ``cancel`` is polled between modules, while the inputs' hashes are awaited, between the
     output's tensors and right before the final rename: a cancel at any point leaves no file.
     ``known_digests`` spares hashing inputs the caller hashed already (see ``KnownDigests``).
+    ``notice`` is told each warning known before any module is computed (what the inputs are,
+    what the format leaves out), while the merge runs; the report keeps them all.
     """
     import torch
 
@@ -205,20 +258,30 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         comfy_skips = [m for m in contributions if keys.comfyui_skips(module_stem(m, recipe.format)[0], m)]
         if comfy_skips:
             report.warnings.append(f"format {recipe.format}: {options.siglip_caveat(len(comfy_skips))}")
+        biases = {name for name, terms in contributions.items()
+                  if any(lora.modules[name].bias_key is not None for lora, _ in terms)}
+        if biases and recipe.format not in options.BIAS_FORMATS:
+            report.warnings.append(dropped_bias_message(recipe.format, biases, contributions))
+            biases = set()
+        report.bias_modules = sorted(biases, key=model.module_order)
+        if notice is not None:
+            for warning in report.warnings:
+                notice(warning)
         # The recipe's metadata with placeholder digests: a sha256 is 64 hex digits whatever its
         # value, so the header planned now keeps its length when the real digests arrive.
         placeholder = output_metadata(recipe, inputs, ["0" * 64] * len(inputs))
 
-        def compute(name: str):
-            terms, sources = [], []
+        def compute(name: str, rank=recipe.rank):
+            terms, sources, entered = [], [], []
             for lora, factor in contributions[name]:
                 down, up, scale = lora.load_stored(name)  # as stored: converted once, below
                 terms.append((down, up, factor * scale))
                 sources.append(lora.path)
+                entered.append(ModuleInput(os.path.basename(lora.path), lora.modules[name].kind, int(down.shape[0])))
             if recipe.method == "svd":
                 down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
                 try:
-                    down, up, stats = svd_truncate(down, up, recipe.rank, recipe.energy)
+                    down, up, stats = svd_truncate(down, up, rank, recipe.energy)
                 except torch.linalg.LinAlgError:  # no SVD of values whose products overflow float32
                     raise _overflow(name, terms, sources, torch.float32) from None
                 stats.module = name
@@ -230,10 +293,12 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
                 stats = ModuleStats(name, down.shape[0], down.shape[0])
             if not (all_finite(down) and all_finite(up)):  # finite inputs, yet scaled past the dtype's range
                 raise _overflow(name, terms, sources, dtype)
-            return down, up, stats
+            bias = _bias_delta(name, contributions[name], dtype) if name in biases else None
+            stats.inputs = entered
+            return down, up, stats, bias
 
         def computed():
-            """(name, down, up, stats) module by module, polling cancel and reporting progress."""
+            """(name, down, up, stats, bias) module by module, polling cancel and reporting progress."""
             for index, name in enumerate(names):
                 check_cancel()
                 if progress:
@@ -244,28 +309,46 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         format_metadata: dict[str, str] = {}
 
         def start_writing(shapes: dict[str, tuple[int, int, int]]) -> ModuleWriter:
-            specs, planned_metadata = plan_tensors(shapes, recipe.format, dtype)
+            specs, planned_metadata = plan_tensors(shapes, recipe.format, dtype, biases)
             format_metadata.update(planned_metadata)
             stream = target.open(specs, {**format_metadata, **placeholder})
             return ModuleWriter(stream, shapes, recipe.format, dtype)
 
         if recipe.method == "exact" or recipe.rank != "auto":
             # Every shape is known before computing: each module goes to disk as it is made.
-            writer = start_writing({name: _planned_shape(recipe, name, terms) for name, terms in contributions.items()})
-            for name, down, up, stats in computed():
+            planned = {name: _planned_shape(recipe, name, terms) for name, terms in contributions.items()}
+            if recipe.equal_qkv_ranks:
+                targets = equal_qkv_targets({name: shape[0] for name, shape in planned.items()})
+                planned = {name: (targets.get(name, rank), *rest) for name, (rank, *rest) in planned.items()}
+            writer = start_writing(planned)
+            for name, down, up, stats, bias in computed():
                 report.modules.append(stats)
-                writer.put(name, down, up)
+                down, up = _pad_rank(down, up, planned[name][0], stats)
+                writer.put(name, down, up, bias)
                 del down, up
         else:
             # With rank "auto" the output ranks are known only once computed: the small output
             # factors are kept (never the inputs), then written.
             results = []
-            for name, down, up, stats in computed():
+            for name, down, up, stats, bias in computed():
                 report.modules.append(stats)
-                results.append((name, down, up))
-            writer = start_writing({name: (down.shape[0], up.shape[0], down.shape[1]) for name, down, up in results})
-            for name, down, up in results:
-                writer.put(name, down, up)
+                results.append((name, down, up, bias))
+            if recipe.equal_qkv_ranks:
+                # A q, k or v below its block's largest rank keeps more singular values (its error
+                # only falls); zeros fill in only where it has no more to keep.
+                targets = equal_qkv_targets({name: down.shape[0] for name, down, _, _ in results})
+                for index, (name, down, up, bias) in enumerate(results):
+                    wanted = targets.get(name, down.shape[0])
+                    if down.shape[0] < wanted:
+                        check_cancel()
+                        down, up, stats, bias = compute(name, rank=wanted)
+                        report.modules[index] = stats
+                        down, up = _pad_rank(down, up, wanted, stats)
+                        results[index] = (name, down, up, bias)
+            writer = start_writing({name: (down.shape[0], up.shape[0], down.shape[1])
+                                    for name, down, up, _ in results})
+            for name, down, up, bias in results:
+                writer.put(name, down, up, bias)
             del results
         check_cancel()
         if progress:
@@ -283,6 +366,58 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     report.output_bytes = os.path.getsize(recipe.output)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def equal_qkv_targets(ranks: dict[str, int]) -> dict[str, int]:
+    """{module: rank} for the q, k and v modules in ``ranks``: each its block's largest (nunchaku
+    re-fuses q, k and v and needs one rank for the three)."""
+    blocks: dict[str, list[str]] = {}
+    for name in ranks:
+        split = model.split_module(name)
+        if split is not None and split[1] in model.COMPONENT_GROUPS["qkv"]:
+            blocks.setdefault(split[0], []).append(name)
+    return {name: max(ranks[n] for n in names) for names in blocks.values() for name in names}
+
+
+def _pad_rank(down, up, rank: int, stats: ModuleStats):
+    """(down, up) grown to ``rank`` with zero rows of down and zero columns of up: B·A unchanged."""
+    import torch
+
+    extra = rank - down.shape[0]
+    if extra <= 0:
+        return down, up
+    down = torch.cat([down, down.new_zeros((extra, down.shape[1]))], dim=0)
+    up = torch.cat([up, up.new_zeros((up.shape[0], extra))], dim=1)
+    stats.rank_out, stats.padded = rank, extra
+    return down, up
+
+
+def dropped_bias_message(fmt: str, modules, contributions) -> str:
+    """What a format that cannot hold bias deltas leaves out, and which format keeps them."""
+    files = sorted({os.path.basename(lora.path) for name in modules for lora, _ in contributions[name]
+                    if lora.modules[name].bias_key is not None})
+    keep = " or ".join(options.BIAS_FORMATS)
+    count = f"{len(modules)} modules have" if len(modules) != 1 else "1 module has"
+    return (f"{count} bias deltas (diff_b / lora_B.bias, from {', '.join(files)}) that format "
+            f"{fmt} cannot hold (diffusers refuses them): they are left out of the output; write format {keep} "
+            "to keep them (ComfyUI applies them)")
+
+
+def _bias_delta(name: str, terms, dtype):
+    """Σ cᵢ · bias ΔWᵢ of module ``name`` (inputs without one add nothing), float32 then ``dtype``:
+    a bias delta is linear in the strength, so it takes the whole factor, unsplit."""
+    import torch
+
+    total = None
+    for lora, factor in terms:
+        bias = lora.load_bias(name)
+        if bias is not None:
+            total = bias * factor if total is None else total.add_(bias, alpha=factor)
+    result = total.to(dtype)
+    if not all_finite(result):
+        raise ZLoraError(f"module {name}: its bias delta times ratio and weight passes the largest "
+                         f"{dtypes.torch_name(dtype)} ({float(torch.finfo(dtype).max):.3g}); lower the ratio")
+    return result
 
 
 def _planned_shape(recipe: Recipe, name: str, terms) -> tuple[int, int, int]:
@@ -506,7 +641,8 @@ def output_metadata(recipe: Recipe, inputs, digests: list[str]) -> dict[str, str
         "method": recipe.method,
         "format": recipe.format,
         "inputs": [
-            {"file": os.path.basename(lora.path), "sha256": digest, "ratio": ratio, "weights": weights.to_text()}
+            {"file": os.path.basename(lora.path), "sha256": digest, "ratio": ratio, "weights": weights.to_text(),
+             **({"lokr_scale": lora.lokr_scale} if lora.lokr_scale != options.DEFAULT_LOKR_SCALE else {})}
             for (lora, ratio, weights), digest in zip(inputs, digests)
         ],
     }
@@ -514,6 +650,7 @@ def output_metadata(recipe: Recipe, inputs, digests: list[str]) -> dict[str, str
         record["rank"] = recipe.rank
         if recipe.rank == "auto":
             record["energy"] = recipe.energy
+    record["equal_qkv_ranks"] = recipe.equal_qkv_ranks
     metadata: dict[str, str] = {}
     if len(inputs) == 1:
         metadata.update({k: v for k, v in inputs[0][0].metadata.items() if k not in _LAYOUT_KEYS})

@@ -29,7 +29,21 @@ DEVICES = {
     "cpu": "CPU",
 }
 
+# How a LoKr with both factors full is scaled (ComfyUI issue 15114: the file alone cannot tell):
+# as the loaders apply it (alpha ignored, scale 1), or by the metadata's ss_network_alpha /
+# ss_network_dim, which some trainers (LyCORIS via kohya) applied in training.
+LOKR_SCALES = {
+    "loader": "As ComfyUI and diffusers apply it (alpha ignored)",
+    "alpha_over_dim": "× alpha/dim of its metadata (as some trainers applied it)",
+}
+
 DEFAULT_FORMAT = "aitoolkit"
+DEFAULT_LOKR_SCALE = "loader"
+# q, k and v of each block written at one rank (nunchaku re-fuses them and needs it). An SVD keeps
+# more singular values of a module below its block's largest rank (its error only falls); an exact
+# merge pads with zero components (ΔW unchanged), which happens only where the inputs cover q, k
+# and v unevenly. On by default for both; off gives every module its own rank.
+DEFAULT_EQUAL_QKV_RANKS = True
 DEFAULT_METHOD = "exact"
 DEFAULT_DTYPE = "auto"
 DEFAULT_DEVICE = "auto"
@@ -53,3 +67,9 @@ def siglip_caveat(count: int) -> str:
     "Model variants")."""
     return (f"ComfyUI does not apply the {count} siglip modules (Z-Image-Omni-Base: SR0/SR1, siglip_embedder) "
             "written here under diffusers names; for ComfyUI write 'comfyui'.")
+
+
+# Bias deltas (``diff_b``, PEFT ``lora_B.bias``) are written as ``<stem>.diff_b``, which ComfyUI adds
+# to the module's bias at the LoRA's strength. Only the comfyui format carries them: diffusers'
+# Z-Image loader refuses a file with diff_b keys, so the formats it loads leave them out (said).
+BIAS_FORMATS = ("comfyui",)

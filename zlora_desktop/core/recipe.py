@@ -3,9 +3,10 @@
 Schema (stable; the GUI saves and opens the same files)::
 
     {"output": "out.safetensors", "format": "aitoolkit", "method": "exact" | "svd",
-     "rank": 64 | "auto", "energy": 0.99, "dtype": "auto", "device": "auto",
+     "rank": 64 | "auto", "energy": 0.99, "dtype": "auto", "device": "auto", "equal_qkv_ranks": true,
      "inputs": [{"path": "a.safetensors", "ratio": 1.0, "preset": "face-only",
-                 "weights": "adaLN=0.5" | {"L03": {"q": 0.5}}, "enabled": true}]}
+                 "weights": "adaLN=0.5" | {"L03": {"q": 0.5}}, "enabled": true,
+                 "lokr_scale": "loader" | "alpha_over_dim"}]}
 
 Relative paths resolve against the recipe's folder. An input's grid is its preset (if any)
 with its ``weights`` rules applied on top.
@@ -35,8 +36,8 @@ DEVICES = tuple(options.DEVICES)
 DEFAULT_ENERGY = options.DEFAULT_ENERGY
 
 
-INPUT_KEYS = ("path", "ratio", "weights", "preset", "enabled")
-RECIPE_KEYS = ("output", "format", "method", "rank", "energy", "dtype", "device", "inputs")
+INPUT_KEYS = ("path", "ratio", "weights", "preset", "enabled", "lokr_scale")
+RECIPE_KEYS = ("output", "format", "method", "rank", "energy", "dtype", "device", "equal_qkv_ranks", "inputs")
 COMMENT_PREFIX = "_"  # keys starting with it ("_comment", the app's "_autosave") are kept, never read
 
 
@@ -48,6 +49,8 @@ class RecipeInput:
     preset: str | None = None
     enabled: bool = True
     extra: dict = field(default_factory=dict)  # "_" keys of this input, kept for round trips
+    # How a full-rank LoKr input is scaled (options.LOKR_SCALES); only such files take "alpha_over_dim".
+    lokr_scale: str = options.DEFAULT_LOKR_SCALE
 
     def block_weights(self, presets=None) -> BlockWeights:
         grid = BlockWeights()
@@ -75,6 +78,8 @@ class Recipe:
     dtype: str = "auto"
     device: str = "auto"
     extra: dict = field(default_factory=dict)  # "_" keys (comments), kept for round trips
+    # q, k and v of a block written at one rank (nunchaku needs it): see options.DEFAULT_EQUAL_QKV_RANKS.
+    equal_qkv_ranks: bool = options.DEFAULT_EQUAL_QKV_RANKS
 
     def validate(self) -> None:
         """Check a recipe built in code (the CLI's options, the app's state); ``from_json``
@@ -84,6 +89,7 @@ class Recipe:
         for index, item in enumerate(self.inputs):
             _check_ratio(item.ratio, f"inputs[{index}].ratio")
             _check_bool(item.enabled, f"inputs[{index}].enabled")
+            _check_choice(item.lokr_scale, f"inputs[{index}].lokr_scale", options.LOKR_SCALES)
         if not any(i.enabled for i in self.inputs):
             raise ZLoraError("every input is disabled")
         if not self.output:
@@ -92,6 +98,7 @@ class Recipe:
         _check_choice(self.method, "method", options.METHODS)
         _check_choice(self.dtype, "dtype", options.DTYPES)
         _check_choice(self.device, "device", options.DEVICES)
+        _check_bool(self.equal_qkv_ranks, "equal_qkv_ranks")
         if self.method == "svd":
             if self.rank is None:
                 raise ZLoraError("method svd needs a rank (a number or 'auto')")
@@ -125,8 +132,9 @@ class Recipe:
             _check_rank(rank, "rank")
         energy = data.get("energy", DEFAULT_ENERGY)
         _check_energy(energy, "energy")
+        equal = _check_bool(data.get("equal_qkv_ranks", options.DEFAULT_EQUAL_QKV_RANKS), "equal_qkv_ranks")
         return cls(inputs=inputs, output=_resolve(base, output) if output else "", rank=rank,
-                   energy=float(energy), extra=extra, **values)
+                   energy=float(energy), extra=extra, equal_qkv_ranks=equal, **values)
 
     def to_json(self, base_dir: str | os.PathLike | None = None) -> dict:
         """JSON form; paths relative to ``base_dir`` where they lie below it."""
@@ -140,6 +148,8 @@ class Recipe:
                 data["energy"] = self.energy
         data["dtype"] = self.dtype
         data["device"] = self.device
+        if self.equal_qkv_ranks != options.DEFAULT_EQUAL_QKV_RANKS:
+            data["equal_qkv_ranks"] = self.equal_qkv_ranks
         inputs = []
         for item in self.inputs:
             entry: dict = {"path": rel(item.path), "ratio": item.ratio}
@@ -149,6 +159,8 @@ class Recipe:
                 entry["weights"] = item.weights
             if not item.enabled:
                 entry["enabled"] = False
+            if item.lokr_scale != options.DEFAULT_LOKR_SCALE:
+                entry["lokr_scale"] = item.lokr_scale
             entry.update(item.extra)
             inputs.append(entry)
         data["inputs"] = inputs
@@ -203,7 +215,9 @@ def _input_from_json(entry: object, where: str, base: Path) -> RecipeInput:
     if preset is not None and not isinstance(preset, str):
         raise ZLoraError(f"{where}.preset: must be a preset name (text), got {_show(preset)}")
     enabled = _check_bool(entry.get("enabled", True), f"{where}.enabled")
-    return RecipeInput(_resolve(base, path), ratio, weights, preset or None, enabled, extra)
+    lokr_scale = _check_choice(entry.get("lokr_scale", options.DEFAULT_LOKR_SCALE), f"{where}.lokr_scale",
+                               options.LOKR_SCALES)
+    return RecipeInput(_resolve(base, path), ratio, weights, preset or None, enabled, extra, lokr_scale)
 
 
 def _split_known(data: dict, known: tuple[str, ...], where: str) -> dict:

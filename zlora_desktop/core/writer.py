@@ -76,27 +76,39 @@ def fused_group(name: str, fmt: str) -> str | None:
     return split[0] if split and split[1] in ("q", "k", "v") else None
 
 
-def plan_tensors(shapes: dict[str, tuple[int, int, int]], fmt: str, dtype) -> tuple[dict, dict[str, str]]:
+BIAS_SUFFIX = ".diff_b"  # a bias ΔW, added at the strength (ComfyUI's lora.py)
+
+
+def plan_tensors(shapes: dict[str, tuple[int, int, int]], fmt: str, dtype,
+                 biases=()) -> tuple[dict, dict[str, str]]:
     """({tensor name: (dtype, shape)}, extra metadata) of the output for ``shapes`` =
-    {canonical module: (rank, out, in)} in format ``fmt``."""
+    {canonical module: (rank, out, in)} in format ``fmt``; the modules named in ``biases`` also
+    get a bias ΔW ``<stem>.diff_b`` [out] (a fused qkv gets one when any of its parts has one)."""
     import torch
 
     tensors: dict[str, tuple] = {}
     fused: dict[str, list[int]] = {}  # stem -> [total rank, rows of one part, in]
+    fused_bias: set[str] = set()
     for name, (rank, rows, cols) in shapes.items():
         stem, a_suffix, b_suffix, alpha = module_stem(name, fmt)
         if fused_group(name, fmt) is not None:
             entry = fused.setdefault(stem, [0, rows, cols])
             entry[0] += rank
+            if name in biases:
+                fused_bias.add(stem)
             continue
         tensors[stem + a_suffix] = (dtype, (rank, cols))
         tensors[stem + b_suffix] = (dtype, (rows, rank))
         if alpha:
             tensors[stem + ".alpha"] = (torch.float32, ())
+        if name in biases:
+            tensors[stem + BIAS_SUFFIX] = (dtype, (rows,))
     for stem, (rank, rows, cols) in fused.items():
         tensors[stem + ".lora_down.weight"] = (dtype, (rank, cols))
         tensors[stem + ".lora_up.weight"] = (dtype, (3 * rows, rank))
         tensors[stem + ".alpha"] = (torch.float32, ())
+        if stem in fused_bias:
+            tensors[stem + BIAS_SUFFIX] = (dtype, (3 * rows,))
     metadata: dict[str, str] = {}
     if fmt == "diffusers":
         metadata["lora_adapter_metadata"] = json.dumps(peft_metadata({n: s[0] for n, s in shapes.items()}))
@@ -247,19 +259,20 @@ class ModuleWriter:
             if block is not None:
                 self.expected.setdefault(block, set()).add(model.split_module(name)[1])
 
-    def put(self, name: str, down, up) -> None:
+    def put(self, name: str, down, up, bias=None) -> None:
+        """Write module ``name``'s factors, and its bias ΔW [out] where the plan has one."""
         block = fused_group(name, self.fmt)
         if block is None:
-            self._pair(module_stem(name, self.fmt), down, up)
+            self._pair(module_stem(name, self.fmt), down, up, bias)
             return
         parts = self.pending.setdefault(block, {})
-        parts[model.split_module(name)[1]] = (down, up)
+        parts[model.split_module(name)[1]] = (down, up, bias)
         if set(parts) == self.expected[block]:
             del self.pending[block]
-            fused_down, fused_up = _fuse_qkv(parts)
-            self._pair(module_stem(name, self.fmt), fused_down, fused_up)
+            fused_down, fused_up, fused_bias = _fuse_qkv(parts)
+            self._pair(module_stem(name, self.fmt), fused_down, fused_up, fused_bias)
 
-    def _pair(self, stem_info, down, up) -> None:
+    def _pair(self, stem_info, down, up, bias=None) -> None:
         import torch
 
         stem, a_suffix, b_suffix, alpha = stem_info
@@ -267,28 +280,36 @@ class ModuleWriter:
         self.stream.write(stem + b_suffix, up.to(self.dtype))
         if alpha:
             self.stream.write(stem + ".alpha", torch.tensor(float(down.shape[0]), dtype=torch.float32))
+        if bias is not None:
+            self.stream.write(stem + BIAS_SUFFIX, bias.to(self.dtype))
 
 
 def _fuse_qkv(parts: dict[str, tuple]):
-    """q/k/v factors -> one fused pair: down = cat(A_q, A_k, A_v), up block-diagonal."""
+    """q/k/v (down, up, bias or None) -> one fused (down, up, bias): down = cat(A_q, A_k, A_v),
+    up block-diagonal, bias the parts' row blocks (zeros where a part has none), or None."""
     import torch
 
-    some_down, some_up = next(iter(parts.values()))
+    some_down, some_up, _ = next(iter(parts.values()))
     rows, cols = some_up.shape[0], some_down.shape[1]
     downs = []
     total = sum(parts[p][0].shape[0] for p in parts)
     offset = 0
     fused_up = torch.zeros((3 * rows, total), dtype=some_up.dtype, device=some_up.device)
+    fused_bias = None
     for index, part in enumerate(("q", "k", "v")):
         if part not in parts:
             continue
-        down, up = parts[part]
+        down, up, bias = parts[part]
         rank = down.shape[0]
         downs.append(down)
         fused_up[index * rows:(index + 1) * rows, offset:offset + rank] = up
         offset += rank
+        if bias is not None:
+            if fused_bias is None:
+                fused_bias = torch.zeros(3 * rows, dtype=bias.dtype, device=bias.device)
+            fused_bias[index * rows:(index + 1) * rows] = bias
     fused_down = torch.cat(downs, dim=0) if downs else torch.zeros((0, cols))
-    return fused_down, fused_up
+    return fused_down, fused_up, fused_bias
 
 
 # ---- durable, atomic output ------------------------------------------------------------------

@@ -49,12 +49,13 @@ def hash_file(path: str, report: Report, cancelled: Cancelled) -> tuple[int, int
     return input_digest(path, cancel=cancelled)
 
 
-def module_norms(path: str, report: Report, cancelled: Cancelled) -> dict[str, float]:
-    """‖ΔW‖_F of every module of a file, from its factors (the engine's analysis)."""
+def module_norms(path: str, lokr_scale: str, report: Report, cancelled: Cancelled) -> dict[str, float]:
+    """‖ΔW‖_F of every module of a file read ``lokr_scale`` way, from its factors (the engine's analysis)."""
     from ..core.analysis import module_norms as engine_norms
     from ..core.lora_file import LoraFile
 
     lora = LoraFile.open(path)
+    lora.set_lokr_scale(lokr_scale)
 
     def progress(done: int, total: int, module: str) -> None:
         if cancelled():
@@ -67,9 +68,11 @@ def module_norms(path: str, report: Report, cancelled: Cancelled) -> dict[str, f
         lora.close()
 
 
-def overlap_products(first_path: str, second_path: str, report: Report, cancelled: Cancelled) -> Products:
+def overlap_products(first_path: str, first_scale: str, second_path: str, second_scale: str, report: Report,
+                     cancelled: Cancelled) -> Products:
     """Per shared module, the inner product and squared norms of the two files' ΔW (the engine's
-    analysis): kept per module so that any weights and ratios apply without reading again."""
+    analysis), each read its ``lokr_scale`` way: kept per module so that any weights and ratios
+    apply without reading again."""
     from ..core.analysis import module_inner_products
     from ..core.lora_file import LoraFile
 
@@ -79,6 +82,8 @@ def overlap_products(first_path: str, second_path: str, report: Report, cancelle
         report(done, total)
 
     first, second = LoraFile.open(first_path), LoraFile.open(second_path)
+    first.set_lokr_scale(first_scale)
+    second.set_lokr_scale(second_scale)
     try:
         return module_inner_products(first, second, "cpu", progress)
     finally:

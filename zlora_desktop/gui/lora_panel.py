@@ -15,9 +15,9 @@ import itertools
 
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence, QPainter, QPalette, QPen, QValidator
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDoubleSpinBox, QHBoxLayout, QHeaderView, QLabel,
-                               QMenu, QPushButton, QSizePolicy, QSlider, QStyle, QStyledItemDelegate, QStyleOptionViewItem,
-                               QTableView, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QDoubleSpinBox, QHBoxLayout, QHeaderView,
+                               QLabel, QMenu, QPushButton, QSizePolicy, QSlider, QStyle, QStyledItemDelegate,
+                               QStyleOptionViewItem, QTableView, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.document import FAILED, LOADING, double_counting_reason
 from .desktop import reveal_or_explain
@@ -446,6 +446,14 @@ class LoraPanel(QWidget):
         self.details.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # wraps, never widens
         self.loaders_line = loader_label()  # what each loader applies of the current file
         self._loaders_of = (None, [])  # (LoraFile, its loader reports): computed once per file
+        # Shown only for a full-rank LoKr whose scale its file cannot settle (ComfyUI issue 15114).
+        self.lokr_scale = QCheckBox()
+        self.lokr_scale.setToolTip(rich_tooltip(
+            "This LoKr has both factors full. ComfyUI and diffusers apply it with alpha ignored (scale 1); some "
+            "trainers (LyCORIS via kohya) applied alpha/dim from its metadata in training. Tick to read it × "
+            "alpha/dim: what the merge writes then is what that training saw."))
+        self.lokr_scale.toggled.connect(self._on_lokr_scale_toggled)
+        self.lokr_scale.hide()
 
         buttons = QHBoxLayout()
         buttons.setContentsMargins(0, 0, 0, 0)
@@ -462,9 +470,10 @@ class LoraPanel(QWidget):
         layout.addWidget(self.current_ratio_editor)
         layout.addWidget(self.details)
         layout.addWidget(self.loaders_line)
+        layout.addWidget(self.lokr_scale)
         editor = self.current_ratio_editor
         chain = [self.add_button, self.add_folder_button, self.remove_button, self.up_button, self.down_button,
-                 self.view, editor.spin, editor.slider, editor.reset_button]
+                 self.view, editor.spin, editor.slider, editor.reset_button, self.lokr_scale]
         for first, second in zip(chain, chain[1:]):
             QWidget.setTabOrder(first, second)
 
@@ -544,6 +553,7 @@ class LoraPanel(QWidget):
         self.details.setText(entry_details(entry) if entry is not None else "")
         self.details.setVisible(entry is not None)
         show_reports(self.loaders_line, self._loader_reports(entry))
+        self._show_lokr_scale(entry)
         self._update_buttons()
 
     def _loader_reports(self, entry) -> list:
@@ -556,6 +566,20 @@ class LoraPanel(QWidget):
 
             self._loaders_of = (lora, loader_reports(lora))
         return self._loaders_of[1]
+
+    def _show_lokr_scale(self, entry) -> None:
+        ratio = entry.lora.full_lokr_alpha_over_dim if entry is not None and entry.lora is not None else None
+        if ratio is not None:
+            self.lokr_scale.setText(f"Read this full-rank LoKr × alpha/dim ({ratio:g}), as its trainer may have")
+            self.lokr_scale.blockSignals(True)
+            self.lokr_scale.setChecked(entry.lokr_scale == "alpha_over_dim")
+            self.lokr_scale.blockSignals(False)
+        self.lokr_scale.setVisible(ratio is not None)
+
+    def _on_lokr_scale_toggled(self, on: bool) -> None:
+        entry = self.session.current()
+        if entry is not None:
+            self.session.set_lokr_scale(entry.id, "alpha_over_dim" if on else "loader")
 
     # ---- selection ----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ class MergeWorker(QObject):
     """Runs one recipe through ``core.merge.merge`` in the thread it was moved to."""
 
     progress = Signal(int, int, str)  # done, total, current module
+    notice = Signal(str)  # a warning known before any module is merged (what the output leaves out…)
     succeeded = Signal(object)  # MergeReport
     outputLoaders = Signal(str, object)  # output path, what each loader applies of it (before succeeded)
     failed = Signal(str)  # the engine's one-line message
@@ -47,7 +48,7 @@ class MergeWorker(QObject):
 
         try:
             report = merge(self._recipe, progress=self._progress, cancel=self._cancel, presets=self._presets,
-                           known_digests=self._known_digests)
+                           known_digests=self._known_digests, notice=self.notice.emit)
         except CancelledError:
             self.cancelled.emit()
         except ZLoraError as exc:
@@ -85,6 +86,7 @@ class MergeController(QObject):
 
     started = Signal(object)  # Recipe
     progress = Signal(int, int, str)
+    notice = Signal(str)
     succeeded = Signal(object)  # MergeReport
     outputLoaders = Signal(str, object)  # output path, [core.loaders.LoaderReport]
     failed = Signal(str)
@@ -114,6 +116,7 @@ class MergeController(QObject):
         worker = MergeWorker(recipe, presets, known_digests)
         worker.moveToThread(self._thread)
         worker.progress.connect(self._on_progress)
+        worker.notice.connect(self._on_notice)
         worker.succeeded.connect(self._on_succeeded)
         worker.outputLoaders.connect(self._on_output_loaders)
         worker.failed.connect(self._on_failed)
@@ -146,6 +149,11 @@ class MergeController(QObject):
     def _on_progress(self, done: int, total: int, module: str) -> None:
         if not self._cancel_requested:
             self.progress.emit(done, total, module)
+
+    @Slot(str)
+    def _on_notice(self, text: str) -> None:
+        if not self._cancel_requested:
+            self.notice.emit(text)
 
     @Slot(object)
     def _on_succeeded(self, report) -> None:

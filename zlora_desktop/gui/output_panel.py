@@ -122,6 +122,12 @@ class OutputPanel(QWidget):
         self.rank_row = QWidget()
         self.rank_row.setLayout(rank_row)
         self.rank_note = _note(WARNING_STYLE)
+        self.equal_qkv = QCheckBox("Equal q/k/v ranks (nunchaku)")
+        self.equal_qkv.setToolTip(rich_tooltip(
+            "Write q, k and v of each block at one rank, as nunchaku needs: an SVD keeps more singular values "
+            "of a module below its block's largest rank (closer to the exact sum); an exact merge pads it with "
+            "zeros (the same ΔW). Off: every module at its own rank."))
+        self.equal_qkv.toggled.connect(lambda on: self.session.set_output(equal_qkv_ranks=bool(on)))
         self.dtype = _combo(options.DTYPES)
         self.dtype.setToolTip(rich_tooltip("Precision of the output; auto follows the inputs (fp32 when they differ)"))
         self.device = _combo(options.DEVICES)
@@ -188,6 +194,7 @@ class OutputPanel(QWidget):
         form.addRow(label("M&ethod:", self.method), self.method)
         form.addRow(label("&Rank:", self.rank), self.rank_row)
         form.addRow("", self.rank_note)
+        form.addRow("", self.equal_qkv)
         form.addRow(label("&Precision:", self.dtype), precision_row)
         form.addRow(label("De&vice:", self.device), device_row)
         actions = QHBoxLayout()
@@ -241,6 +248,7 @@ class OutputPanel(QWidget):
         session.model.entryChanged.connect(self._update_state)
         controller.started.connect(self._on_started)
         controller.progress.connect(self._on_progress)
+        controller.notice.connect(lambda text: self.log(f"warning: {text}"))
         controller.succeeded.connect(self._on_succeeded)
         controller.outputLoaders.connect(self._on_output_loaders)
         controller.failed.connect(self._on_failed)
@@ -273,7 +281,8 @@ class OutputPanel(QWidget):
         _select(self.method, out.method)
         _select(self.dtype, out.dtype)
         _select(self.device, out.device)
-        for widget, value in ((self.rank, out.rank), (self.rank_auto, out.rank_auto), (self.energy, out.energy)):
+        for widget, value in ((self.rank, out.rank), (self.rank_auto, out.rank_auto), (self.energy, out.energy),
+                              (self.equal_qkv, out.equal_qkv_ranks)):
             widget.blockSignals(True)
             widget.setChecked(value) if isinstance(widget, QCheckBox) else widget.setValue(value)
             widget.blockSignals(False)
@@ -324,14 +333,18 @@ class OutputPanel(QWidget):
         busy = self.controller.busy
         self._show_path_note()
         caveat = options.FORMAT_CAVEATS.get(self.session.output.format)
-        self._set_note(self.format_note, html.escape(caveat[1]) if caveat else "")
+        notes = [caveat[1]] if caveat else []
+        bias = self.session.document.bias_note()
+        if bias:
+            notes.append(bias)
+        self._set_note(self.format_note, "<br>".join(html.escape(n) for n in notes))
         note = self.session.document.svd_note()
         self._set_note(self.rank_note, html.escape(note) if note else "")
         usable = any(e.merged for e in self.session.model.entries)
         output = self.session.output.output
         self.merge_button.setEnabled(not busy and usable and bool(output) and not self.session.output_clash())
         self.cancel_button.setEnabled(busy and not self.controller.cancelling)
-        for widget in (self.format, self.method, self.rank_row, self.dtype, self.device, self.path):
+        for widget in (self.format, self.method, self.rank_row, self.equal_qkv, self.dtype, self.device, self.path):
             widget.setEnabled(not busy and (widget is not self.rank_row or self.session.output.method == "svd"))
         if not busy and self.last_outcome in ("", "reset"):
             self.progress.setFormat("Ready to merge" if usable and output else

@@ -84,6 +84,8 @@ class Session(QObject):
             self.analysisChanged.emit()
         elif kind == "entry" and args[1] in ("ratio", "weights", "enabled"):
             self.analysisChanged.emit()
+        elif kind == "entry" and args[1] == "lokr_scale":
+            self._reading_changed(args[0])
         elif kind == "focus":
             entry_ids = args[0]
             if len(entry_ids) == 1 and self.document.entry(entry_ids[0]) is not None:
@@ -113,6 +115,9 @@ class Session(QObject):
 
     def set_enabled(self, entry_id: int, enabled: bool) -> None:
         self.document.set_enabled(entry_id, enabled)
+
+    def set_lokr_scale(self, entry_id: int, reading: str) -> None:
+        self.document.set_lokr_scale(entry_id, reading)
 
     def set_weights(self, entry_id: int, weights: BlockWeights, text: str, preset: str | None = None,
                     merge_key: Hashable = None, keep_preset: bool = True) -> None:
@@ -262,7 +267,7 @@ class Session(QObject):
             return
         if entry.norms is None and not self.tasks.is_running(("norms", entry.id)) \
                 and ("norms", entry.id) not in self._analysis_errors:
-            self._start_analysis(("norms", entry.id), jobs.module_norms, entry.path,
+            self._start_analysis(("norms", entry.id), jobs.module_norms, entry.path, entry.lokr_scale,
                                  on_result=functools.partial(self._on_norms, entry.id))
         for other in self.model.entries:
             if other is entry or not other.usable:
@@ -274,8 +279,8 @@ class Session(QObject):
             if self.incomparable(entry, other):
                 continue  # known from the headers: the impact view says so without a job
             first, second = self._known[key[0]], self._known[key[1]]
-            self._start_analysis(job_key, jobs.overlap_products, first.path, second.path,
-                                 on_result=functools.partial(self._on_products, key))
+            self._start_analysis(job_key, jobs.overlap_products, first.path, first.lokr_scale, second.path,
+                                 second.lokr_scale, on_result=functools.partial(self._on_products, key))
         self.analysisChanged.emit()
 
     def _start_analysis(self, key, function, *args, on_result) -> None:
@@ -309,6 +314,20 @@ class Session(QObject):
         self._progress.pop(("overlap", key), None)
         self._products[key] = products
         self.analysisChanged.emit()
+
+    def _reading_changed(self, entry: Entry) -> None:
+        """The entry's file is read another way (its full-rank LoKr scale): its norms and overlaps
+        are computed again, and a job still running with the old reading is dropped."""
+        entry.norms = None
+        pairs = {pair for pair in self._products if entry.id in pair}
+        pairs |= {self._pair(entry.id, other.id) for other in self.model.entries if other is not entry}
+        for key in [("norms", entry.id)] + [("overlap", pair) for pair in pairs]:
+            self.tasks.cancel(key)
+            self._progress.pop(key, None)
+            self._analysis_errors.pop(key, None)
+        for pair in pairs:
+            self._products.pop(pair, None)
+        self.request_analysis()
 
     def _analysis_inputs_changed(self, entry_id: int) -> None:
         self.analysisChanged.emit()
