@@ -364,3 +364,37 @@ def test_f1_opens_the_weight_syntax(qtbot, window):
     assert dialog is not None and dialog.isVisible()
     assert "L16-L24.w1,w2,w3=1.3" in dialog.findChild(QTextBrowser, "weight-syntax-text").toPlainText()
     dialog.close()
+
+
+def _overlaps(panel, widgets) -> list[tuple[str, str]]:
+    """Pairs of visible widgets whose rectangles (in the panel's coordinates) intersect."""
+    from PySide6.QtCore import QPoint, QRect
+
+    rects = [(w.objectName() or type(w).__name__, QRect(w.mapTo(panel, QPoint(0, 0)), w.size()))
+             for w in widgets if w.isVisible()]
+    return [(a, b) for i, (a, ra) in enumerate(rects) for b, rb in rects[i + 1:] if ra.intersects(rb)]
+
+
+def test_the_output_panel_keeps_its_rows_apart_after_a_merge(qtbot, window, samples, tmp_path):
+    """The result and the Loaders line appearing after a merge (and the note that the file now
+    exists) must not squeeze the settings under the Merge button: the settings scroll instead."""
+    window.resize(1280, 800)
+    add_and_wait(qtbot, window, [samples.style, samples.character])
+    window.session.set_output(output=str(tmp_path / "out.safetensors"))
+    assert window.merge() and wait_merge(qtbot, window) == "ok"
+    panel = window.output
+    qtbot.waitUntil(lambda: panel.loaders_line.isVisible() and bool(panel.loaders_line.text()), timeout=10000)
+    QApplication.processEvents()
+    settings = panel.settings_area
+    settings_bottom = settings.mapTo(panel, settings.rect().bottomLeft()).y()
+    merge_top = panel.merge_button.mapTo(panel, panel.merge_button.rect().topLeft()).y()
+    assert settings_bottom < merge_top
+    bottom = [panel.merge_button, panel.cancel_button, panel.progress, panel.result, panel.show_button,
+              panel.loaders_line, panel.log_view]
+    assert _overlaps(panel, bottom) == []
+    # Every settings row is reachable: scrolled into view if it does not fit.
+    device = panel.device
+    settings.ensureWidgetVisible(device)
+    QApplication.processEvents()
+    top = device.mapTo(settings.viewport(), device.rect().topLeft()).y()
+    assert 0 <= top and top + device.height() <= settings.viewport().height()

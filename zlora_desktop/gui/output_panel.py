@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QHBoxLayout, QLabel,
                                QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
                                QSpinBox, QToolButton, QVBoxLayout, QWidget)
@@ -41,6 +41,14 @@ def free_name(path: str) -> str:
     while os.path.exists(f"{stem}-{number}{suffix}"):
         number += 1
     return f"{stem}-{number}{suffix}"
+
+
+class _MergeLog(QPlainTextEdit):
+    """The log asks for three lines and grows into what is left: its default hint (about 12 lines)
+    would count as the bottom section's minimum and push the settings into scrolling."""
+
+    def sizeHint(self) -> QSize:
+        return QSize(super().sizeHint().width(), self.minimumHeight())
 
 
 def _note(style: str = "") -> QLabel:
@@ -166,7 +174,7 @@ class OutputPanel(QWidget):
         self.show_button = QPushButton("Show in folder")
         self.show_button.setEnabled(False)
         self.show_button.clicked.connect(self.show_in_folder)
-        self.log_view = QPlainTextEdit()
+        self.log_view = _MergeLog()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(2000)
         # Wrapped: the dock is narrow, and a warning cut at its edge would go unread.
@@ -264,7 +272,12 @@ class OutputPanel(QWidget):
     def _fit_settings(self) -> None:
         """The settings take the height they need before the log does; they scroll only when even the
         log's three lines would not fit beside them."""
-        room = self.height() - self._bottom.minimumSize().height() - 8
+        bottom = self._bottom.minimumSize().height()
+        if self._bottom.hasHeightForWidth():
+            # With wrapped labels (the result, the Loaders line) the box layout takes the section's
+            # preferred height for this width as its minimum: leave the settings what remains.
+            bottom = max(bottom, self._bottom.heightForWidth(self.width()))
+        room = self.height() - bottom - 8
         self.settings_area.setFixedHeight(max(self.fontMetrics().height() * 3,
                                               min(self._settings.sizeHint().height(), room)))
 
@@ -482,6 +495,7 @@ class OutputPanel(QWidget):
     def _on_output_loaders(self, output: str, reports) -> None:
         # Emitted before the merge's success: kept until a new merge, document or failure clears it.
         show_reports(self.loaders_line, reports)
+        self._refit_later()
         for report in reports:
             if not report.complete:
                 self.log(f"{os.path.basename(output)}: {report.summary()}")
@@ -508,6 +522,11 @@ class OutputPanel(QWidget):
 
     def _set_result(self, text: str) -> None:
         self.result.setText(text)
+        self._refit_later()
+
+    def _refit_later(self) -> None:
+        # A label's new text changes its height once the layout has run: fit the settings after that.
+        QTimer.singleShot(0, self._fit_settings)
 
     def show_in_folder(self) -> None:
         if self.last_report is not None and not reveal_in_folder(self.last_report.output):
