@@ -20,7 +20,8 @@ from typing import Callable
 
 from . import dtypes, model, options
 from .errors import CancelledError, ZLoraError, one_line
-from .lora_file import LoraFile, all_finite
+from .analysis import frobenius_inner
+from .lora_file import FULL_LOKR_BUDGET, LoraFile, all_finite, exact_full_lokr_values
 from .recipe import RECIPE_METADATA_KEY, SOURCES_METADATA_KEY, Recipe
 from .writer import AtomicOutput, ModuleWriter, check_little_endian, plan_tensors
 
@@ -203,6 +204,8 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
                 report.dropped.append(name)
         if not contributions:
             raise ZLoraError("every module has weight 0: nothing to write")
+        if recipe.method == "exact":
+            _check_exact_size(inputs, contributions)
         caveat = options.FORMAT_CAVEATS.get(recipe.format)
         if caveat and any((model.split_module(m) or (None, None))[1] in caveat[0] for m in contributions):
             report.warnings.append(f"format {recipe.format}: {caveat[1]}")
@@ -211,19 +214,28 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         placeholder = output_metadata(recipe, inputs, ["0" * 64] * len(inputs))
 
         def compute(name: str):
-            terms, sources = [], []
+            terms, sources, krons = [], [], []
             for lora, factor in contributions[name]:
+                if recipe.method == "svd" and lora.modules[name].kind == "lokr-full":
+                    kron = lora.load_kron(name)  # checked; None: a fused part off w1's rows
+                    if kron is not None:
+                        krons.append((kron[0], kron[1], factor * kron[2], lora.path))
+                        continue
                 # As stored, unchecked: the stacked factors are checked below, once (see _check_stacked).
                 down, up, scale = lora.load_stored(name, check_finite=False)
                 terms.append((down, up, factor * scale))
                 sources.append(lora.path)
             if recipe.method == "svd":
-                down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
-                _check_stacked(name, down, up, terms, sources, torch.float32)
-                try:
-                    down, up, stats = svd_truncate(down, up, recipe.rank, recipe.energy)
-                except torch.linalg.LinAlgError:  # no SVD of values whose products overflow float32
-                    raise _overflow(name, terms, sources, torch.float32) from None
+                if krons:
+                    down, up, stats, terms, sources = _svd_with_krons(name, terms, sources, krons, recipe.rank,
+                                                                      recipe.energy, device)
+                else:
+                    down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
+                    _check_stacked(name, down, up, terms, sources, torch.float32)
+                    try:
+                        down, up, stats = svd_truncate(down, up, recipe.rank, recipe.energy)
+                    except torch.linalg.LinAlgError:  # no SVD of values whose products overflow float32
+                        raise _overflow(name, terms, sources, torch.float32) from None
                 stats.module = name
                 down, up = down.to("cpu", dtype), up.to("cpu", dtype)
                 if not (all_finite(down) and all_finite(up)):  # finite factors, yet a product past the dtype
@@ -288,6 +300,19 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     report.output_bytes = os.path.getsize(recipe.output)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _check_exact_size(inputs, contributions: dict[str, list]) -> None:
+    """Refuse an exact merge of a full-rank LoKr whose exact factors would be dense-sized."""
+    for lora, _, _ in inputs:
+        names = [name for name, terms in contributions.items() if any(t[0] is lora for t in terms)]
+        values = exact_full_lokr_values(lora, names)
+        if values > FULL_LOKR_BUDGET:
+            example = next(name for name in names if lora.modules[name].kind == "lokr-full")
+            raise ZLoraError(
+                f"is a full-rank LoKr (lokr_w1 and lokr_w2 both full, e.g. module {example}): its exact factors "
+                f"would hold {values / 1e6:.0f} M values; merge it with the SVD method (its best rank-k "
+                "approximation, from the SVDs of w1 and w2)", lora.path)
 
 
 def _limit_torch_threads(count: int | None) -> Callable[[], None]:
@@ -435,12 +460,7 @@ def svd_truncate(down, up, rank: int | str, energy: float):
     u, s, vh = torch.linalg.svd(core, full_matrices=False)
     energies = s.square()
     total = float(energies.sum())
-    if rank == "auto":
-        cumulative = torch.cumsum(energies, 0) / total if total > 0 else torch.ones_like(energies)
-        keep = int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=cumulative.dtype) - 1e-12)) + 1
-    else:
-        keep = int(rank)
-    keep = max(1, min(keep, s.shape[0]))
+    keep = _keep_count(energies, rank, energy)
     kept = float(energies[:keep].sum())
     kept_energy = kept / total if total > 0 else 1.0
     rel_error = math.sqrt(max(total - kept, 0.0) / total) if total > 0 else 0.0
@@ -459,6 +479,113 @@ def svd_truncate(down, up, rank: int | str, energy: float):
         new_up = q_b @ left
         new_down = right @ q_a.T
     return new_down, new_up, ModuleStats("", total_rank, keep, kept_energy, rel_error)
+
+
+def _keep_count(energies, rank: int | str, energy: float) -> int:
+    """How many of the σ² ``energies`` (descending) to keep: ``rank`` of them, or with ``"auto"``
+    the fewest whose sum reaches ``energy`` of the total; at least 1, at most all."""
+    import torch
+
+    if rank == "auto":
+        total = float(energies.sum())
+        cumulative = torch.cumsum(energies, 0) / total if total > 0 else torch.ones_like(energies)
+        keep = int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=cumulative.dtype) - 1e-12)) + 1
+    else:
+        keep = int(rank)
+    return max(1, min(keep, energies.shape[0]))
+
+
+class KronSVD:
+    """The SVD of c·kron(w1, w2) from the SVDs of w1 and w2, never forming the matrix.
+
+    With w1 = U₁S₁V₁ᵀ and w2 = U₂S₂V₂ᵀ, kron(w1, w2) = kron(U₁, U₂)·kron(S₁, S₂)·kron(V₁, V₂)ᵀ:
+    its singular values are every product σ₁ᵢσ₂ⱼ, with vectors kron(u₁ᵢ, u₂ⱼ) and kron(v₁ᵢ, v₂ⱼ).
+    The best rank-k approximation keeps the k largest products; its squared Frobenius error is
+    the sum of the squares of the others, exactly. Float64 on the CPU (w1, w2 are small).
+    """
+
+    def __init__(self, w1, w2, factor: float):
+        import torch
+
+        self.u1, s1, self.v1 = torch.linalg.svd(w1.to("cpu", torch.float64), full_matrices=False)
+        self.u2, s2, self.v2 = torch.linalg.svd(w2.to("cpu", torch.float64), full_matrices=False)
+        products = torch.outer(s1, s2).reshape(-1) * abs(factor)  # index i·len(s2) + j
+        self.order = torch.argsort(products, descending=True, stable=True)
+        self.values = products[self.order]  # the singular values, descending
+        self.energies = self.values.square()
+        self.sign = 1.0 if factor >= 0 else -1.0
+        self.columns = s2.shape[0]
+
+    @property
+    def rank(self) -> int:
+        return int(self.values.shape[0])
+
+    def factors(self, keep: int):
+        """(down [k, in], up [out, k]) of the best rank-``keep`` approximation, √σ on each side."""
+        chosen = self.order[:keep]
+        i, j = chosen // self.columns, chosen % self.columns
+        root = self.values[:keep].sqrt()
+        # kron(x, y)[p·len(y) + q] = x[p]·y[q]: row-major reshapes of outer products.
+        up = (self.u1[:, i][:, None, :] * self.u2[:, j][None, :, :]).reshape(-1, keep) * (self.sign * root)
+        down = (self.v1[i][:, :, None] * self.v2[j][:, None, :]).reshape(keep, -1) * root[:, None]
+        return down, up
+
+    def truncate(self, rank: int | str, energy: float):
+        """(down, up, stats) of the best approximation at ``rank`` (or ``"auto"`` at ``energy``)."""
+        keep = _keep_count(self.energies, rank, energy)
+        total = float(self.energies.sum())
+        discarded = float(self.energies[keep:].sum())  # summed, not total − kept: exact when tiny
+        down, up = self.factors(keep)
+        stats = ModuleStats("", self.rank, keep, (total - discarded) / total if total > 0 else 1.0,
+                            math.sqrt(discarded / total) if total > 0 else 0.0)
+        return down, up, stats
+
+
+def _svd_with_krons(name: str, terms, sources: list[str], krons, rank: int | str, energy: float, device: str):
+    """The SVD merge of a module where full-rank LoKr terms (w1, w2, factor, path) meet others.
+
+    Returns (down, up, stats) and the terms and sources that went in (for naming a culprit).
+    One LoKr alone: its best rank-k approximation and exact error straight from ``KronSVD``.
+    Otherwise each LoKr K enters the factored SVD as its best rank-k' approximation K', with
+    k' = 2k + the rank of the other terms L (k: what the module keeps; all of K when that is no
+    less, and then the result is the best rank-k approximation of the exact sum). When K is cut,
+    the result is the best rank-k approximation of K' + L, not always of K + L: its error is at
+    most the best one plus 2‖K − K'‖. So the error reported is measured against the true sum
+    (Frobenius inner products of the pieces, never the dense matrix), and the kept energy is
+    1 − that relative error².
+    """
+    import torch
+
+    decompositions = [KronSVD(w1, w2, factor) for w1, w2, factor, _ in krons]
+    if len(krons) == 1 and not terms:
+        down, up, stats = decompositions[0].truncate(rank, energy)
+        terms, sources = [(down, up, 1.0)], [krons[0][3]]
+    else:
+        others = sum(down.shape[0] for down, _, _ in terms)
+        lokr_terms = []
+        for decomposition, (_, _, _, path) in zip(decompositions, krons):
+            wanted = 2 * _keep_count(decomposition.energies, rank, energy) + others
+            down, up = decomposition.factors(min(decomposition.rank, wanted))
+            lokr_terms.append((down, up, 1.0))  # c inside: √σ each side, its sign on up
+            sources = sources + [path]
+        terms = terms + lokr_terms
+        stacked_down, stacked_up = stack_terms(terms, torch.float32, device, up_column_major=True)
+        _check_stacked(name, stacked_down, stacked_up, terms, sources, torch.float32)
+        try:
+            down, up, stats = svd_truncate(stacked_down, stacked_up, rank, energy)
+        except torch.linalg.LinAlgError:
+            raise _overflow(name, terms, sources, torch.float32) from None
+        pieces = [("kron", factor * w1.double(), w2.double()) for w1, w2, factor, _ in krons]
+        pieces.append(("factors", stacked_down[:others].to("cpu", torch.float64),
+                       stacked_up[:, :others].to("cpu", torch.float64)))
+        result = ("factors", down.to("cpu", torch.float64), -up.to("cpu", torch.float64))
+        total = sum(frobenius_inner(p, q) for p in pieces for q in pieces)
+        error = total + 2 * sum(frobenius_inner(p, result) for p in pieces) + frobenius_inner(result, result)
+        relative = math.sqrt(max(error, 0.0) / total) if total > 0 else 0.0
+        stats = ModuleStats("", others + sum(d.rank for d in decompositions), stats.rank_out,
+                            1.0 - relative ** 2, relative)
+    down, up = down.to(device, torch.float32), up.to(device, torch.float32)
+    return down, up, stats, terms, sources
 
 
 def _geqrf(matrix):
