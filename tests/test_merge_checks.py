@@ -1,0 +1,69 @@
+"""Where the merge checks for NaN/Inf: once, on the stacked factors it makes (non-finite exactly
+when an input is or a product overflows), then the inputs again only to name the one to blame."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from zlora_desktop.core.errors import ZLoraError
+from zlora_desktop.core.merge import merge
+from zlora_desktop.core.recipe import Recipe, RecipeInput
+from zlora_desktop.core.sample import SampleSpec, write_sample
+
+W2 = "layers.1.feed_forward.w2"
+
+
+def _pair(tmp_path, dtype: str):
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    write_sample(first, SampleSpec(rank=2, layers=2, dtype=dtype, seed=1))
+    write_sample(second, SampleSpec(layout="kohya", rank=3, layers=2, dtype=dtype, seed=2))
+    return first, second
+
+
+def _poison(path, key: str, value: float) -> None:
+    tensors = load_file(str(path))
+    tensors[key][1, 0] = value
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("method", ["exact", "svd"])
+@pytest.mark.parametrize("dtype,value", [("bf16", float("nan")), ("fp16", float("inf")), ("fp32", float("-inf"))])
+def test_a_non_finite_value_in_the_second_input_is_refused_naming_that_file(tmp_path, method, dtype, value):
+    first, second = _pair(tmp_path, dtype)
+    _poison(second, "lora_unet_layers_1_feed_forward_w2.lora_down.weight", value)
+    output = tmp_path / "out.safetensors"
+    recipe = Recipe([RecipeInput(str(first), 1.0), RecipeInput(str(second), 0.5)], str(output), method=method,
+                    rank=2 if method == "svd" else None)
+    with pytest.raises(ZLoraError) as caught:
+        merge(recipe)
+    assert str(caught.value) == f"{second}: module {W2} holds NaN or Inf values"
+    assert sorted(os.listdir(tmp_path)) == ["first.safetensors", "second.safetensors"]
+
+
+def test_a_nan_times_a_zero_scale_is_still_refused(tmp_path):
+    """alpha 0 makes the factor 0: NaN·0 is NaN, so the stacked check still sees the NaN."""
+    path = tmp_path / "zero_alpha.safetensors"
+    write_sample(path, SampleSpec(rank=2, layers=2, dtype="fp32", alpha=0.0))
+    _poison(path, f"diffusion_model.{W2}.lora_B.weight", float("nan"))
+    with pytest.raises(ZLoraError, match=f"^{path}: module {W2} holds NaN or Inf values$"):
+        merge(Recipe([RecipeInput(str(path), 1.0)], str(tmp_path / "out.safetensors")))
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_exact_merge_gives_torch_its_threads_back(tmp_path, fails):
+    first, second = _pair(tmp_path, "fp32")
+    if fails:
+        _poison(second, "lora_unet_layers_1_feed_forward_w2.lora_down.weight", float("nan"))
+    before = torch.get_num_threads()
+    seen = []
+    recipe = Recipe([RecipeInput(str(first), 1.0), RecipeInput(str(second), 1.0)], str(tmp_path / "out.safetensors"))
+    try:
+        merge(recipe, progress=lambda done, total, name: seen.append(torch.get_num_threads()))
+    except ZLoraError:
+        assert fails
+    assert seen and set(seen) == {1}  # the copies ran on one thread
+    assert torch.get_num_threads() == before
