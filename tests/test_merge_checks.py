@@ -53,17 +53,19 @@ def test_a_nan_times_a_zero_scale_is_still_refused(tmp_path):
         merge(Recipe([RecipeInput(str(path), 1.0)], str(tmp_path / "out.safetensors")))
 
 
+@pytest.mark.parametrize("method", ["exact", "svd"])
 @pytest.mark.parametrize("fails", [False, True])
-def test_an_exact_merge_gives_torch_its_threads_back(tmp_path, fails):
+def test_a_merge_runs_its_small_steps_on_one_thread_and_gives_torch_its_threads_back(tmp_path, method, fails):
     first, second = _pair(tmp_path, "fp32")
     if fails:
         _poison(second, "lora_unet_layers_1_feed_forward_w2.lora_down.weight", float("nan"))
     before = torch.get_num_threads()
     seen = []
-    recipe = Recipe([RecipeInput(str(first), 1.0), RecipeInput(str(second), 1.0)], str(tmp_path / "out.safetensors"))
+    recipe = Recipe([RecipeInput(str(first), 1.0), RecipeInput(str(second), 1.0)], str(tmp_path / "out.safetensors"),
+                    method=method, rank=3 if method == "svd" else None)
     try:
         merge(recipe, progress=lambda done, total, name: seen.append(torch.get_num_threads()))
     except ZLoraError:
         assert fails
-    assert seen and set(seen) == {1}  # the copies ran on one thread
+    assert seen and set(seen) == {1}  # between modules: one thread
     assert torch.get_num_threads() == before

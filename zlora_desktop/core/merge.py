@@ -188,10 +188,12 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     names = sorted({m for lora, _, _ in inputs for m in lora.modules}, key=model.module_order)
     target = AtomicOutput(recipe.output, cancel=is_cancelled)
     records = []
-    # An exact merge is a stream of small, memory-bound copies: one torch thread does them at
-    # memory speed, and more only contend with the hashing thread and the writes (OpenMP's
-    # waiting threads made it 1.5x slower on a 2-core machine). An SVD keeps all of them.
-    restore_threads = _limit_torch_threads(1 if recipe.method == "exact" else None)
+    # A merge is a stream of small per-module steps (copies, casts, checks, small SVDs): one torch
+    # thread does them at memory speed, and more only wait on each other, on the hashing thread
+    # and on other programs (OpenMP's waiting made an exact merge 1.5x and a full-size LoKr SVD
+    # merge 15x slower on a busy 2-core machine). A large QR gets every thread back (_svd_threaded).
+    all_threads = torch.get_num_threads()
+    restore_threads = _set_torch_threads(1)
     try:
         # Which inputs enter each module is known from the headers and weights, before any data.
         contributions: dict[str, list] = {}
@@ -228,12 +230,12 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
             if recipe.method == "svd":
                 if krons:
                     down, up, stats, terms, sources = _svd_with_krons(name, terms, sources, krons, recipe.rank,
-                                                                      recipe.energy, device)
+                                                                      recipe.energy, device, all_threads)
                 else:
                     down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
                     _check_stacked(name, down, up, terms, sources, torch.float32)
                     try:
-                        down, up, stats = svd_truncate(down, up, recipe.rank, recipe.energy)
+                        down, up, stats = _svd_threaded(down, up, recipe.rank, recipe.energy, all_threads)
                     except torch.linalg.LinAlgError:  # no SVD of values whose products overflow float32
                         raise _overflow(name, terms, sources, torch.float32) from None
                 stats.module = name
@@ -315,16 +317,31 @@ def _check_exact_size(inputs, contributions: dict[str, list]) -> None:
                 "approximation, from the SVDs of w1 and w2)", lora.path)
 
 
-def _limit_torch_threads(count: int | None) -> Callable[[], None]:
-    """Run torch's intra-op work on at most ``count`` threads (None: as it is) until the
-    returned function is called, which restores the number found."""
+def _set_torch_threads(count: int | None) -> Callable[[], None]:
+    """Run torch's intra-op work on ``count`` threads (None: as it is) until the returned
+    function is called, which restores the number found."""
     import torch
 
     found = torch.get_num_threads()
-    if count is None or count >= found:
+    if count is None or count == found:
         return lambda: None
     torch.set_num_threads(count)
     return lambda: torch.set_num_threads(found)
+
+
+# Below this many multiply-adds a module's QRs take milliseconds: threads would only wait.
+_THREADED_QR_WORK = 1 << 30
+
+
+def _svd_threaded(down, up, rank: int | str, energy: float, threads: int):
+    """``svd_truncate`` on ``threads`` torch threads when its QRs are large enough to share."""
+    total_rank = down.shape[0]
+    large = total_rank * total_rank * (down.shape[1] + up.shape[0]) >= _THREADED_QR_WORK
+    restore = _set_torch_threads(threads if large else None)
+    try:
+        return svd_truncate(down, up, rank, energy)
+    finally:
+        restore()
 
 
 def _planned_shape(recipe: Recipe, name: str, terms) -> tuple[int, int, int]:
@@ -541,7 +558,8 @@ class KronSVD:
         return down, up, stats
 
 
-def _svd_with_krons(name: str, terms, sources: list[str], krons, rank: int | str, energy: float, device: str):
+def _svd_with_krons(name: str, terms, sources: list[str], krons, rank: int | str, energy: float, device: str,
+                    threads: int):
     """The SVD merge of a module where full-rank LoKr terms (w1, w2, factor, path) meet others.
 
     Returns (down, up, stats) and the terms and sources that went in (for naming a culprit).
@@ -556,35 +574,33 @@ def _svd_with_krons(name: str, terms, sources: list[str], krons, rank: int | str
     """
     import torch
 
+    others = sum(down.shape[0] for down, _, _ in terms)
     decompositions = [KronSVD(w1, w2, factor) for w1, w2, factor, _ in krons]
     if len(krons) == 1 and not terms:
         down, up, stats = decompositions[0].truncate(rank, energy)
-        terms, sources = [(down, up, 1.0)], [krons[0][3]]
-    else:
-        others = sum(down.shape[0] for down, _, _ in terms)
-        lokr_terms = []
-        for decomposition, (_, _, _, path) in zip(decompositions, krons):
-            wanted = 2 * _keep_count(decomposition.energies, rank, energy) + others
-            down, up = decomposition.factors(min(decomposition.rank, wanted))
-            lokr_terms.append((down, up, 1.0))  # c inside: √σ each side, its sign on up
-            sources = sources + [path]
-        terms = terms + lokr_terms
-        stacked_down, stacked_up = stack_terms(terms, torch.float32, device, up_column_major=True)
-        _check_stacked(name, stacked_down, stacked_up, terms, sources, torch.float32)
-        try:
-            down, up, stats = svd_truncate(stacked_down, stacked_up, rank, energy)
-        except torch.linalg.LinAlgError:
-            raise _overflow(name, terms, sources, torch.float32) from None
-        pieces = [("kron", factor * w1.double(), w2.double()) for w1, w2, factor, _ in krons]
-        pieces.append(("factors", stacked_down[:others].to("cpu", torch.float64),
-                       stacked_up[:, :others].to("cpu", torch.float64)))
-        result = ("factors", down.to("cpu", torch.float64), -up.to("cpu", torch.float64))
-        total = sum(frobenius_inner(p, q) for p in pieces for q in pieces)
-        error = total + 2 * sum(frobenius_inner(p, result) for p in pieces) + frobenius_inner(result, result)
-        relative = math.sqrt(max(error, 0.0) / total) if total > 0 else 0.0
-        stats = ModuleStats("", others + sum(d.rank for d in decompositions), stats.rank_out,
-                            1.0 - relative ** 2, relative)
-    down, up = down.to(device, torch.float32), up.to(device, torch.float32)
+        return down.to(device, torch.float32), up.to(device, torch.float32), stats, [(down, up, 1.0)], [krons[0][3]]
+    lokr_terms = []
+    for decomposition, (_, _, _, path) in zip(decompositions, krons):
+        wanted = 2 * _keep_count(decomposition.energies, rank, energy) + others
+        down, up = decomposition.factors(min(decomposition.rank, wanted))
+        lokr_terms.append((down, up, 1.0))  # c inside: √σ each side, its sign on up
+        sources = sources + [path]
+    terms = terms + lokr_terms
+    stacked_down, stacked_up = stack_terms(terms, torch.float32, device, up_column_major=True)
+    _check_stacked(name, stacked_down, stacked_up, terms, sources, torch.float32)
+    try:
+        down, up, stats = _svd_threaded(stacked_down, stacked_up, rank, energy, threads)
+    except torch.linalg.LinAlgError:
+        raise _overflow(name, terms, sources, torch.float32) from None
+    pieces = [("kron", factor * w1.double(), w2.double()) for w1, w2, factor, _ in krons]
+    pieces.append(("factors", stacked_down[:others].to("cpu", torch.float64),
+                   stacked_up[:, :others].to("cpu", torch.float64)))
+    result = ("factors", down.to("cpu", torch.float64), -up.to("cpu", torch.float64))
+    total = sum(frobenius_inner(p, q) for p in pieces for q in pieces)
+    error = total + 2 * sum(frobenius_inner(p, result) for p in pieces) + frobenius_inner(result, result)
+    relative = math.sqrt(max(error, 0.0) / total) if total > 0 else 0.0
+    stats = ModuleStats("", others + sum(d.rank for d in decompositions), stats.rank_out,
+                        1.0 - relative ** 2, relative)
     return down, up, stats, terms, sources
 
 
