@@ -69,3 +69,14 @@ def test_a_merge_runs_its_small_steps_on_one_thread_and_gives_torch_its_threads_
         assert fails
     assert seen and set(seen) == {1}  # between modules: one thread
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("chunk", [1000, 4096, 1 << 20])
+def test_sha256_file_reads_through_its_reused_buffer_to_the_true_digest(tmp_path, chunk):
+    import hashlib
+
+    from zlora_desktop.core.merge import sha256_file
+
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(3 * 4096 + 17))  # the last chunk is a short one
+    assert sha256_file(str(path), chunk=chunk) == hashlib.sha256(path.read_bytes()).hexdigest()
