@@ -578,12 +578,13 @@ def _svd_with_krons(name: str, terms, sources: list[str], krons, rank: int | str
     decompositions = [KronSVD(w1, w2, factor) for w1, w2, factor, _ in krons]
     if len(krons) == 1 and not terms:
         down, up, stats = decompositions[0].truncate(rank, energy)
-        return down.to(device, torch.float32), up.to(device, torch.float32), stats, [(down, up, 1.0)], [krons[0][3]]
+        down, up = down.float(), up.float()  # on the CPU first: MPS has no float64
+        return down.to(device), up.to(device), stats, [(down, up, 1.0)], [krons[0][3]]
     lokr_terms = []
     for decomposition, (_, _, _, path) in zip(decompositions, krons):
         wanted = 2 * _keep_count(decomposition.energies, rank, energy) + others
         down, up = decomposition.factors(min(decomposition.rank, wanted))
-        lokr_terms.append((down, up, 1.0))  # c inside: √σ each side, its sign on up
+        lokr_terms.append((down.float(), up.float(), 1.0))  # c inside: √σ each side, its sign on up
         sources = sources + [path]
     terms = terms + lokr_terms
     stacked_down, stacked_up = stack_terms(terms, torch.float32, device, up_column_major=True)
