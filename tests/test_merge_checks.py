@@ -80,3 +80,26 @@ def test_sha256_file_reads_through_its_reused_buffer_to_the_true_digest(tmp_path
     path = tmp_path / "data.bin"
     path.write_bytes(os.urandom(3 * 4096 + 17))  # the last chunk is a short one
     assert sha256_file(str(path), chunk=chunk) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("threshold,large", [(0, True), (1 << 62, False)])
+def test_only_a_large_qr_gets_every_torch_thread_back(tmp_path, monkeypatch, threshold, large):
+    from zlora_desktop.core import merge as engine
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("torch has one thread here")
+    first, second = _pair(tmp_path, "fp32")
+    threads = torch.get_num_threads()
+    during = []
+    real = engine.svd_truncate
+
+    def observed(*args, **kwargs):
+        during.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_THREADED_QR_WORK", threshold)
+    monkeypatch.setattr(engine, "svd_truncate", observed)
+    merge(Recipe([RecipeInput(str(first), 1.0), RecipeInput(str(second), 1.0)], str(tmp_path / "out.safetensors"),
+                 method="svd", rank=3))
+    assert during and set(during) == ({threads} if large else {1})
+    assert torch.get_num_threads() == threads
