@@ -24,9 +24,16 @@ What it measures, in one run so that every ratio compares figures from the same 
    against (RSS of a process that only imports torch and safetensors) + 0.25 × output size; the
    exact merge called in-process (torch already imported, as in the app) against a naive
    in-process script that loads the three inputs, concatenates them into one state dict and
-   saves it with fsync (alternating in one child); and the whole ``zlora merge`` process against
+   saves it with fsync (alternating in one child; the merge is timed twice, hashing the inputs
+   and with their digests known, as the app calls it); and the whole ``zlora merge`` process against
    that naive script run as a process. ``--ten-rank128`` adds the memory target for ten rank-128
    inputs (6.8 GB in, 6.8 GB out: needs ~15 GB of disk).
+
+``--lokr`` measures instead issue 10's full-rank LoKr target: a full-size LoKr with both factors
+full (AI-Toolkit/LyCORIS default factorisation of ZIT's shapes, see ``LOKR_SHAPES``) merged to a
+rank-64 LoRA by ``merge()`` (the SVDs of w1 and w2), against forming each ΔW = kron(w1, w2) and
+running a full ``torch.linalg.svd`` (one module of each shape timed, extrapolated to the 240
+block modules), with the relative errors of both compared on those modules.
 
 Medians are over ``--reps`` repetitions run in alternation (floor, exact, svd, floor, …) after
 one untimed warm-up of each, so page-cache state and CPU frequency drift hit all three alike.
@@ -102,21 +109,26 @@ reps, workdir, weights, ratios, inputs = int(sys.argv[1]), sys.argv[2], sys.argv
 ratios = [float(r) for r in ratios.split(",")]
 out_merge, out_naive = os.path.join(workdir, "inproc_merge.safetensors"), os.path.join(workdir, "inproc_naive.safetensors")
 recipe = Recipe(inputs=[RecipeInput(p, r, weights, None) for p, r in zip(inputs, ratios)], output=out_merge)
-times = {"merge": [], "naive": []}
+known = None  # "known": the inputs' digests passed in, as the app does (it hashed them when they were added)
+times = {"merge": [], "naive": [], "known": []}
 for rep in range(reps + 1):  # the first round warms up, untimed
-    for kind in ("naive", "merge"):
+    for kind in ("naive", "merge", "known"):
         for path in (out_merge, out_naive):
             if os.path.exists(path):
                 os.unlink(path)
         os.sync()
         started = time.perf_counter()
-        merge(recipe) if kind == "merge" else naive(out_naive, inputs)
+        if kind == "naive":
+            naive(out_naive, inputs)
+        else:
+            report = merge(recipe, known_digests=known if kind == "known" else None)
+            known = report.input_digests
         if rep:
             times[kind].append(time.perf_counter() - started)
 for path in (out_merge, out_naive):
     if os.path.exists(path):
         os.unlink(path)
-print("RESULT", statistics.median(times["merge"]), statistics.median(times["naive"]))
+print("RESULT", statistics.median(times["merge"]), statistics.median(times["naive"]), statistics.median(times["known"]))
 """
 
 RANK_TEN = 128
@@ -284,6 +296,104 @@ def dense_baseline(reps: int) -> list[tuple[str, tuple[int, int], int, float]]:
     return results
 
 
+# ---- full-rank LoKr ------------------------------------------------------------------------
+
+# (name, (w1 shape, w2 shape), modules of this shape among the 240 block modules): what LyCORIS's
+# factorization(dim, -1) gives for ZIT's [out, in] (docs/FORMATS.md), AI-Toolkit's default LoKr.
+LOKR_SHAPES = (
+    ("attention q/k/v/out", ((60, 60), (64, 64)), 4 * LAYERS),
+    ("feed-forward w1/w3", ((80, 60), (128, 64)), 2 * LAYERS),
+    ("feed-forward w2", ((60, 80), (64, 128)), 1 * LAYERS),
+    ("adaLN", ((120, 16), (128, 16)), 1 * LAYERS),
+)
+LOKR_COMPONENTS = {"attention q/k/v/out": ("q", "k", "v", "out"), "feed-forward w1/w3": ("w1", "w3"),
+                   "feed-forward w2": ("w2",), "adaLN": ("adaLN",)}
+
+
+def write_full_lokr(path: str) -> None:
+    """A full-size LoKr, both factors full, in AI-Toolkit's layout (alpha 9999999999: ignored)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from zlora_desktop.core import model
+
+    generator = torch.Generator().manual_seed(7)
+    tensors = {}
+    for name, (shape1, shape2), _ in LOKR_SHAPES:
+        for layer in range(LAYERS):
+            for component in LOKR_COMPONENTS[name]:
+                stem = f"diffusion_model.{model.module_name(model.LAYER_BLOCKS[layer], component)}"
+                # Decaying spectra, as trained factors have: the rank-64 error is not ~1 everywhere.
+                w1 = torch.randn(*shape1, generator=generator) / torch.arange(1, shape1[1] + 1) ** 0.7
+                w2 = torch.randn(*shape2, generator=generator) / torch.arange(1, shape2[1] + 1) ** 0.7 * 1e-3
+                tensors[f"{stem}.lokr_w1"] = w1.to(torch.bfloat16)
+                tensors[f"{stem}.lokr_w2"] = w2.to(torch.bfloat16)
+                tensors[f"{stem}.alpha"] = torch.tensor(9999999999.0)
+    save_file(tensors, path)
+
+
+def lokr_benchmark(workdir: str, reps: int) -> None:
+    """(child process) The full-rank LoKr target; prints the figures and the verdict."""
+    import torch
+    from safetensors.torch import load_file
+
+    from zlora_desktop.core import model
+    from zlora_desktop.core.merge import merge
+    from zlora_desktop.core.recipe import Recipe, RecipeInput
+
+    path, out = os.path.join(workdir, "bench_full_lokr.safetensors"), os.path.join(workdir, "lokr_out.safetensors")
+    if not os.path.exists(path):
+        write_full_lokr(path)
+    recipe = Recipe([RecipeInput(path, 1.0)], out, method="svd", rank=SVD_RANK)
+    times = []
+    for rep in range(reps + 1):  # the first one warms up, untimed
+        remove(out)
+        started = time.perf_counter()
+        report = merge(recipe)
+        if rep:
+            times.append(time.perf_counter() - started)
+    remove(out)
+    kron_seconds = statistics.median(times)
+    errors = {s.module: s.rel_error for s in report.modules}
+    tensors = load_file(path)
+    dense_total, worst_digits = 0.0, None
+    print(f"full-size LoKr, both factors full, bf16 ({os.path.getsize(path) / 1e6:.1f} MB), "
+          f"{len(report.modules)} modules to rank {SVD_RANK}: merge() {kron_seconds:.2f} s "
+          f"(median of {reps}; reading, SVDs, writing {report.output_bytes / 1e6:.0f} MB)", flush=True)
+    for name, _, count in LOKR_SHAPES:
+        module = model.module_name(model.LAYER_BLOCKS[0], LOKR_COMPONENTS[name][0])
+        w1 = tensors[f"diffusion_model.{module}.lokr_w1"].float()
+        w2 = tensors[f"diffusion_model.{module}.lokr_w2"].float()
+        started = time.perf_counter()
+        delta = torch.kron(w1, w2)
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        _ = (u[:, :SVD_RANK] * s[:SVD_RANK]).contiguous(), vh[:SVD_RANK].contiguous()
+        seconds = time.perf_counter() - started
+        energies = s.double().square()
+        dense_error = float((energies[SVD_RANK:].sum() / energies.sum()).sqrt())
+        dense_total += seconds * count
+        digits = _agreeing_digits(errors[module], dense_error)
+        worst_digits = digits if worst_digits is None else min(worst_digits, digits)
+        print(f"  {name} {list(delta.shape)} = kron({list(w1.shape)}, {list(w2.shape)}): dense ΔW + SVD "
+              f"{seconds:.2f} s ×{count}; relative error dense {dense_error:.7g}, from the factors "
+              f"{errors[module]:.7g} ({digits} digits agree)", flush=True)
+        del delta, u, s, vh
+    ratio = dense_total / kron_seconds
+    print(f"dense ΔW + torch.linalg.svd, 240 modules (extrapolated): {dense_total:,.0f} s; "
+          f"merge() from the factors' SVDs: {kron_seconds:.2f} s")
+    print(f"  dense / factored: {ratio:,.0f}  {'ok' if ratio >= 100 else 'MISSED'} (target ≥ 100)")
+    print(f"  errors agree to {worst_digits} significant digits  {'ok' if worst_digits >= 5 else 'MISSED'} "
+          "(target ≥ 5)")
+
+
+def _agreeing_digits(a: float, b: float) -> int:
+    """How many leading significant digits a and b share (7 at most: float32 SVDs)."""
+    for digits in range(7, 0, -1):
+        if f"{a:.{digits - 1}e}" == f"{b:.{digits - 1}e}":
+            return digits
+    return 0
+
+
 # ---- profile -------------------------------------------------------------------------------
 
 PROFILE_SCRIPT = r"""
@@ -336,6 +446,8 @@ def internal(args) -> int:
     elif args.internal == "dense":
         for name, shape, count, seconds in dense_baseline(args.dense_reps):
             print(f"RESULT {count} {seconds!r}")
+    elif args.internal == "lokr":
+        lokr_benchmark(args.workdir, max(1, args.reps))
     elif args.internal == "info":
         import torch
 
@@ -358,7 +470,9 @@ def main() -> int:
                         help="run again (up to N times) a run that shared the CPUs with other processes")
     parser.add_argument("--ten-rank128", action="store_true",
                         help="also measure the memory target on ten rank-128 inputs (~15 GB of disk)")
-    parser.add_argument("--internal", choices=("make", "make-ten", "dense", "info"), help=argparse.SUPPRESS)
+    parser.add_argument("--lokr", action="store_true",
+                        help="measure only the full-rank LoKr target (rank 64 from w1's and w2's SVDs vs dense)")
+    parser.add_argument("--internal", choices=("make", "make-ten", "dense", "info", "lokr"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.internal:
         return internal(args)
@@ -379,6 +493,10 @@ def main() -> int:
         temp = tempfile.TemporaryDirectory(prefix="zlora_bench_")
         workdir = temp.name
     try:
+        if args.lokr:
+            subprocess.run([sys.executable, __file__, "--internal", "lokr", "--workdir", workdir,
+                            "--reps", str(args.reps)], check=True)
+            return 0
         return run(args, workdir, threads)
     finally:
         if temp is not None:
@@ -532,7 +650,7 @@ def issue_targets(args, workdir: str, inputs: list[str], exact_bytes: int, exact
     inproc = run_child([sys.executable, "-c", INPROCESS_SCRIPT, str(max(1, args.reps)), workdir, WEIGHTS,
                         ",".join(map(repr, RATIOS)), *inputs])
     line = next(l for l in inproc.stdout.splitlines() if l.startswith("RESULT "))
-    merge_inproc, naive_inproc = (float(x) for x in line.split()[1:])
+    merge_inproc, naive_inproc, known_inproc = (float(x) for x in line.split()[1:])
 
     print("\nissue 10 targets (baselines measured in this run):")
     allowed = imports_rss + 0.25 * exact_bytes
@@ -542,6 +660,9 @@ def issue_targets(args, workdir: str, inputs: list[str], exact_bytes: int, exact
     print(f"  exact merge in-process {merge_inproc:.2f} s vs naive load + concat + save + fsync in-process "
           f"{naive_inproc:.2f} s: {merge_inproc / naive_inproc:.2f}  "
           f"{_verdict(merge_inproc / naive_inproc, TARGETS['in-process'])}")
+    print(f"  the same with the inputs' digests known (as the app merges: it hashed them when they were added) "
+          f"{known_inproc:.2f} s: {known_inproc / naive_inproc:.2f}  "
+          f"{_verdict(known_inproc / naive_inproc, TARGETS['in-process'])}")
     print(f"  `zlora merge` process {exact_seconds:.2f} s vs the naive script as a process {naive_process:.2f} s: "
           f"{exact_seconds / naive_process:.2f}  {_verdict(exact_seconds / naive_process, TARGETS['process'])}")
     if args.ten_rank128:

@@ -153,7 +153,6 @@ def _make_bad(tmp_path, kind: str):
     ("ckpt", r"pickle checkpoints \(\.ckpt/\.pt/\.bin\) are never loaded"),
     ("text", "not a safetensors file"),
     ("truncated", "not a safetensors file|truncated"),
-    ("lokr", "full-rank LoKr is not supported yet"),
     ("dora-aitoolkit", "DoRA is not supported yet: .* needs the base model"),
     ("dora", "DoRA .* not supported yet"),
     ("sdxl", "looks like an SD 1.x/SDXL LoRA"),
@@ -200,6 +199,20 @@ def test_bad_merge_requests_exit_2_and_write_nothing(capsys, samples, tmp_path, 
     assert "Traceback" not in err
     assert not (tmp_path / "out.safetensors").exists() and _leftovers(tmp_path) == []
     assert (sha256_file(a), sha256_file(b)) == before  # inputs are never modified
+
+
+def test_a_full_size_full_rank_lokr_is_inspected_and_merged_by_svd_but_not_exactly(capsys, tmp_path):
+    path = tmp_path / "lokr.safetensors"
+    write_sample(path, SampleSpec(layout="lokr"))  # AI-Toolkit's default at ZIT size: w1 [60, 60], w2 [64, 64]
+    code, out, err = run_cli(capsys, "inspect", path)
+    assert code == 0 and "LoKr" in out, err
+    code, _, err = run_cli(capsys, "merge", path, "--ratio", "1", "-o", tmp_path / "exact.safetensors")
+    assert code == 2 and err.startswith(f"zlora: error: {path}: is a full-rank LoKr") and len(err.splitlines()) == 1
+    assert "merge it with the SVD method" in err
+    code, _, err = run_cli(capsys, "merge", path, "--ratio", "1", "--method", "svd", "--rank", "64",
+                           "-o", tmp_path / "svd.safetensors")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lokr.safetensors", "svd.safetensors"]
 
 
 def test_mismatched_model_sizes_are_refused(capsys, samples, tmp_path):

@@ -106,11 +106,13 @@ def test_lokr_with_decomposed_w2_is_exact_at_rank_w1_side_times_r(tmp_path):
     assert lora.layout == "LoKr (diffusion_model names)"
 
 
-def test_full_size_full_rank_lokr_is_refused(tmp_path):
+def test_full_size_full_rank_lokr_opens_and_only_an_exact_merge_refuses_it(tmp_path):
     path = tmp_path / "full_lokr.safetensors"
     write_sample(path, SampleSpec(layout="lokr"))  # AI-Toolkit's default at ZIT size
-    with pytest.raises(ZLoraError, match="full-rank LoKr is not supported yet at this size"):
-        LoraFile.open(path)
+    assert LoraFile.open(path).modules[Q].kind == "lokr-full"
+    with pytest.raises(ZLoraError, match="exact factors would hold 885 M values; merge it with the SVD method"):
+        merge(Recipe([RecipeInput(str(path), 1.0)], str(tmp_path / "out.safetensors")))
+    assert [p.name for p in tmp_path.iterdir()] == ["full_lokr.safetensors"]
 
 
 def _full_lokr(path, alpha, metadata=None, dtype=torch.float16):

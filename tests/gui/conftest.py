@@ -75,7 +75,7 @@ def samples(tmp_path_factory):
     other_size = copies / "narrow.safetensors"  # hidden 32: does not fit the others
     write_sample(other_size, SampleSpec(layout="aitoolkit", rank=2, hidden=32, ffn=96, adaln_in=8, seed=5))
     bad = tmp_path_factory.mktemp("bad")
-    write_sample(bad / "lokr.safetensors", SampleSpec(layout="lokr"))
+    write_sample(bad / "dora.safetensors", SampleSpec(layout="dora"))  # refused: needs the base model
     write_sample(bad / "sdxl.safetensors", SampleSpec(layout="sdxl"))
     (bad / "text.safetensors").write_text("this is not a safetensors file", encoding="utf-8")
     (bad / "model.ckpt").write_bytes(b"\x80\x04K\x01.")

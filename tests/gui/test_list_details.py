@@ -23,22 +23,22 @@ def test_the_full_reason_of_an_unusable_file_shows_under_the_table_and_its_cell_
     drop_paths(window.lora_panel.view.viewport(), samples.bad_files)
     entries = wait_loaded(qtbot, window, len(samples.bad_files))
     panel = window.lora_panel
-    lokr = next(e for e in entries if e.name == "lokr.safetensors")
-    session.set_current(lokr.id)
-    reason = lokr.error.removeprefix(f"{lokr.path}: ")
+    dora = next(e for e in entries if e.name == "dora.safetensors")
+    session.set_current(dora.id)
+    reason = dora.error.removeprefix(f"{dora.path}: ")
     details = panel.details
     assert details.isVisibleTo(panel) and details.wordWrap()
     assert reason in html.unescape(details.text())  # the whole message, wrapped, not cut
     assert "Not usable" in details.text()
 
     # The table cell stays short: it ends at a word (with …) when the column is narrower.
-    row = session.model.row_of(lokr.id)
+    row = session.model.row_of(dora.id)
     index = session.model.index(row, COL_FORMAT)
     delegate = panel.view.itemDelegateForColumn(COL_FORMAT)
     option = QStyleOptionViewItem()
     option.initFrom(panel.view)
     option.rect = panel.view.visualRect(index)
-    option.rect.setWidth(panel.fontMetrics().horizontalAdvance("is a LoKr file (lokr") + 12)
+    option.rect.setWidth(panel.fontMetrics().horizontalAdvance("is a DoRA file (dora") + 12)
     delegate.initStyleOption(option, index)
     shown = option.text
     assert shown.endswith("…") and len(shown) < len(reason)

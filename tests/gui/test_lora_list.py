@@ -83,7 +83,7 @@ def test_unusable_files_show_the_engine_message_in_their_row(qtbot, window, samp
         assert window.session.model.data(index, Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Unchecked
         assert not window.session.model.flags(index) & Qt.ItemFlag.ItemIsUserCheckable
     messages = {os.path.basename(e.path): e.error for e in entries}
-    assert "LoKr" in messages["lokr.safetensors"]
+    assert "DoRA" in messages["dora.safetensors"]
     assert "SDXL" in messages["sdxl.safetensors"]
     assert "pickle" in messages["model.ckpt"]
     # The window is alive and merging says why it cannot.

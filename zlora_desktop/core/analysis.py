@@ -23,10 +23,51 @@ def module_norms(lora: LoraFile, device: str = "cpu",
     for index, name in enumerate(names):
         if progress:
             progress(index, len(names), name)
+        kron = _kron(lora, name)
+        if kron is not None:  # ‖kron(w1, w2)‖ = ‖w1‖·‖w2‖
+            w1, w2, scale = kron
+            norms[name] = abs(scale) * float(w1.norm()) * float(w2.norm())
+            continue
         down, up, scale = lora.load(name, device)
         gram = (up.T @ up) * (down @ down.T)  # elementwise: tr(XY) = Σ X∘Yᵀ, both symmetric
         norms[name] = abs(scale) * math.sqrt(max(float(gram.sum()), 0.0))
     return norms
+
+
+def _kron(lora: LoraFile, name: str):
+    """(w1, w2, scale) of a full-rank LoKr module (see ``LoraFile.load_kron``), else None."""
+    return lora.load_kron(name) if lora.modules[name].kind == "lokr-full" else None
+
+
+def _piece(lora: LoraFile, name: str, device: str):
+    """Module ``name``'s ΔW as a piece for ``frobenius_inner``, scale inside, float64 on the CPU."""
+    import torch
+
+    kron = _kron(lora, name)
+    if kron is not None:
+        w1, w2, scale = kron
+        return ("kron", scale * w1, w2)
+    down, up, scale = lora.load(name, device)
+    return ("factors", down.to("cpu", torch.float64), scale * up.to("cpu", torch.float64))
+
+
+def frobenius_inner(first, second) -> float:
+    """⟨X, Y⟩_F of two matrices given by pieces, never formed: ("factors", down, up) is up·down,
+    ("kron", w1, w2) is kron(w1, w2). Float64 pieces on one device.
+
+    ⟨U·D, U'·D'⟩ = Σ (UᵀU')∘(D·D'ᵀ); ⟨kron(A, B), kron(A', B')⟩ = ⟨A, A'⟩·⟨B, B'⟩; and
+    ⟨kron(A, B), U·D⟩ = Σₜ uₜᵀ·kron(A, B)·dₜ, where kron(A, B)·vec(X) = vec(A·X·Bᵀ) (row-major).
+    """
+    if first[0] == "kron" and second[0] == "kron":
+        return float((first[1] * second[1]).sum()) * float((first[2] * second[2]).sum())
+    if first[0] == "factors" and second[0] == "factors":
+        return float(((first[2].T @ second[2]) * (first[1] @ second[1].T)).sum())
+    kron, factors = (first, second) if first[0] == "kron" else (second, first)
+    a, b = kron[1], kron[2]
+    down, up = factors[1], factors[2]
+    rank = down.shape[0]
+    mapped = a @ down.reshape(rank, a.shape[1], b.shape[1]) @ b.T  # [r, rows of a, rows of b]
+    return float((up.T.reshape(rank, a.shape[0], b.shape[0]) * mapped).sum())
 
 
 def dense_deltas(path) -> dict:
@@ -91,6 +132,10 @@ def module_inner_products(first: LoraFile, second: LoraFile, device: str = "cpu"
     for index, name in enumerate(shared):
         if progress:
             progress(index, len(shared), name)
+        if "lokr-full" in (first.modules[name].kind, second.modules[name].kind):
+            one, two = _piece(first, name, device), _piece(second, name, device)
+            products[name] = (frobenius_inner(one, two), frobenius_inner(one, one), frobenius_inner(two, two))
+            continue
         a1, b1, s1 = first.load(name, device)
         a2, b2, s2 = second.load(name, device)
         cross = float(((b1.T @ b2) * (a1 @ a2.T)).sum()) * s1 * s2

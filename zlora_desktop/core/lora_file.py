@@ -180,11 +180,14 @@ class LoraFile:
         down, up, scale = self.load_stored(module)
         return down.to(device=device, dtype=torch.float32), up.to(device=device, dtype=torch.float32), scale
 
-    def load_stored(self, module: str):
+    def load_stored(self, module: str, check_finite: bool = True):
         """(A [r, in], B [out, r], scale) of one module as stored (the file's dtype), on the CPU.
 
         The same checks and fused-qkv split as ``load``, without the float32 copy: the merge
         engine converts (or, where it can, copies) each factor once, straight into its output.
+        ``check_finite=False`` leaves out the NaN/Inf check of the factors returned, for a
+        caller that checks what it makes of them instead (the merge checks its output, which is
+        non-finite whenever an input is).
         """
         info = self.modules[module]
         handle = self._handle()
@@ -204,7 +207,7 @@ class LoraFile:
             used = (up != 0).any(dim=0)
             if not bool(used.all()):
                 up, down = up[:, used], down[used]
-        if not (all_finite(down) and all_finite(up)):
+        if check_finite and not (all_finite(down) and all_finite(up)):
             raise ZLoraError(f"module {module} holds NaN or Inf values", self.path)
         return down, up, info.scale
 
@@ -227,6 +230,27 @@ class LoraFile:
     def bias_modules(self) -> list[str]:
         """The modules that carry a bias ΔW beside their weight ΔW."""
         return [name for name, info in self.modules.items() if info.bias_key is not None]
+
+    def load_kron(self, module: str):
+        """(w1, w2, scale) of a LoKr module with both factors full, float64 on the CPU, checked:
+        its ΔW is scale·kron(w1, w2), never formed here. A q/k/v part of a fused qkv keeps the
+        rows of w1 that make its rows (kron rows are w1's rows times w2's); None when the part
+        does not fall on whole rows of w1 (then ``load`` gives its exact factors)."""
+        info = self.modules[module]
+        if info.kind != "lokr-full":
+            raise ValueError(f"module {module} is not a full-rank LoKr")
+        handle = self._handle()
+        w1, w2 = (self._read(handle, info.tensors[w]) for w in ("w1", "w2"))
+        if not (all_finite(w1) and all_finite(w2)):
+            raise ZLoraError(f"module {module} holds NaN or Inf values", self.path)
+        w1, w2 = w1.double(), w2.double()
+        if info.fused_part is not None:
+            rows = info.shape[0]
+            if rows % w2.shape[0]:
+                return None
+            part = rows // w2.shape[0]
+            w1 = w1[info.fused_part * part:(info.fused_part + 1) * part]
+        return w1, w2, info.scale
 
     def _read(self, handle, key: str):
         # The header was validated on opening; what can still fail here (the file changed or went
@@ -643,21 +667,22 @@ def _expand_diff(t):
 _EXPAND = {"loha": _expand_loha, "lokr": _expand_lokr, "lokr-full": _expand_lokr, "diff": _expand_diff}
 
 # A LoKr with both factors full is full rank: its exact factors are at least the size of the dense ΔW.
-# Read exactly while they stay small (tiny or pruned files); beyond this many values in all, refuse.
+# An exact merge writes them while they stay small (tiny or pruned files); beyond this many values
+# in all it refuses, and the SVD method takes the best rank-k approximation from w1's and w2's SVDs.
 FULL_LOKR_BUDGET = 1 << 26  # values: 256 MB in float32
 
 
+def exact_full_lokr_values(lora: LoraFile, names) -> int:
+    """How many values the exact factors of ``lora``'s full-rank LoKr modules among ``names`` hold."""
+    return sum(info.rank * (info.shape[0] + info.shape[1])
+               for name in names if (info := lora.modules.get(name)) is not None and info.kind == "lokr-full")
+
+
 def _check_full_lokr(modules: dict[str, ModuleInfo], metadata: dict[str, str], path: str) -> list[str]:
-    """Refuse a full-rank LoKr too large to expand exactly; the alpha/dim ambiguity as a warning."""
+    """The alpha/dim ambiguity of a LoKr with both factors full, as a warning."""
     full = [info for info in modules.values() if info.kind == "lokr-full"]
     if not full:
         return []
-    values = sum(info.rank * (info.shape[0] + info.shape[1]) for info in full)
-    if values > FULL_LOKR_BUDGET:
-        raise ZLoraError(
-            f"is a full-rank LoKr (lokr_w1 and lokr_w2 both full, e.g. module {full[0].name}): exact factors would "
-            f"hold {values / 1e6:.0f} M values; full-rank LoKr is not supported yet at this size (its SVD path, "
-            "from the factors' own SVDs, is not implemented)", path)
     ratio = _metadata_alpha_over_dim(metadata)
     if ratio is None:
         return []
