@@ -17,16 +17,15 @@ from . import models
 from .server import ComfyServer, find_comfyui
 
 
-@pytest.fixture(scope="session")
-def comfyui(tmp_path_factory):
-    """The running server (``.url``, ``.loras_dir``, ``.log_text()``), with the tiny models
-    under the official file names."""
+def running_server(base, extra_args=()):
+    """A started server with the tiny models under the official file names (a generator: stops
+    it when closed). Skips, or fails in CI, without a ComfyUI."""
     install, reason = find_comfyui()
     if install is None:
         if os.environ.get("ZLORA_TEST_COMFYUI_REQUIRED") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    server = ComfyServer(install, tmp_path_factory.mktemp("comfyui"))
+    server = ComfyServer(install, base, extra_args)
     server.start()  # boots for 15–20 s while the models are written
     try:
         models.write_tiny_zimage(server.models_dir("diffusion_models") / OFFICIAL_UNET["turbo"])
@@ -36,6 +35,12 @@ def comfyui(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def comfyui(tmp_path_factory):
+    """The session's server (``.url``, ``.loras_dir``, ``.log_text()``)."""
+    yield from running_server(tmp_path_factory.mktemp("comfyui"))
 
 
 @pytest.fixture

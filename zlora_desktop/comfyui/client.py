@@ -240,12 +240,13 @@ class ComfyClient:
         return response.status_code == 200
 
     def upload_lora(self, path: str, name: str) -> dict:
-        """Upload a LoRA through the assets API; the server stores it under its content hash."""
+        """Upload a LoRA through the assets API; the server stores it under its content hash and
+        answers with the name its loaders list (``loader_path``)."""
         with open(path, "rb") as handle:
             response = self._request(
                 "POST", "/api/assets", idempotent=False, timeout=max(self.read_timeout, 600.0),
                 files={"file": (name, handle, "application/octet-stream")},
-                data={"tags": ["models", "loras"], "name": name})
+                data={"tags": ["models", "model_type:loras"], "name": name})
         if response.status_code not in (200, 201):
             raise ComfyError(f"ComfyUI at {self.url} refused the upload of {name} "
                              f"(HTTP {response.status_code}: {_short(response.text)})")

@@ -199,20 +199,17 @@ class AssetUpload(LoraRoute):
         return self._upload(path)
 
     def _upload(self, path: str) -> str:
-        before = set(self.client.models("loras"))
         answer = self.client.upload_lora(path, os.path.basename(path))
-        candidates = [answer.get(key) for key in ("file_path", "name") if isinstance(answer.get(key), str)]
         listed = self.client.models("loras")
-        for candidate in candidates:
-            match = resolve_name(listed, candidate)
+        for key in ("loader_path", "display_name", "name"):  # loader_path since the assets API has it
+            value = answer.get(key)
+            match = resolve_name(listed, value.removeprefix("loras/")) if isinstance(value, str) else None
             if match:
                 return match
-        fresh = [name for name in listed if name not in before]
-        if len(fresh) == 1:
-            return fresh[0]
-        asset_hash = str(answer.get("asset_hash") or answer.get("hash") or "").split(":")[-1]
+        # Content the server had already: it answers without a path; the file is named by its hash.
+        digest = str(answer.get("asset_hash") or answer.get("hash") or "").split(":")[-1]
         for name in listed:
-            if asset_hash and asset_hash in name:
+            if digest and os.path.splitext(name.replace("\\", "/").rsplit("/", 1)[-1])[0] == digest:
                 return name
         raise ComfyError(f"ComfyUI at {self.client.url} took the upload of {os.path.basename(path)} "
                          f"but does not list it among its LoRAs")
