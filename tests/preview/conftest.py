@@ -7,6 +7,8 @@ one); with ``ZLORA_TEST_COMFYUI_REQUIRED=1`` (CI) a missing ComfyUI fails instea
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -17,20 +19,34 @@ from . import models
 from .server import ComfyServer, find_comfyui
 
 
-def running_server(base, extra_args=()):
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    """The tiny models, written once per session: {ComfyUI folder/official name: file}."""
+    folder = tmp_path_factory.mktemp("tiny-models")
+    files = {f"diffusion_models/{OFFICIAL_UNET['turbo']}": models.write_tiny_zimage,
+             f"text_encoders/{OFFICIAL_CLIP}": models.write_random_clip_l,
+             f"vae/{OFFICIAL_VAE}": models.write_random_flux_vae}
+    return {name: Path(write(folder / name)) for name, write in files.items()}
+
+
+def running_server(base: Path, request, extra_args=()):
     """A started server with the tiny models under the official file names (a generator: stops
-    it when closed). Skips, or fails in CI, without a ComfyUI."""
+    it when closed). Skips, or fails in CI, without a ComfyUI. The first server boots while the
+    models are written."""
     install, reason = find_comfyui()
     if install is None:
         if os.environ.get("ZLORA_TEST_COMFYUI_REQUIRED") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
     server = ComfyServer(install, base, extra_args)
-    server.start()  # boots for 15–20 s while the models are written
+    server.start()
     try:
-        models.write_tiny_zimage(server.models_dir("diffusion_models") / OFFICIAL_UNET["turbo"])
-        models.write_random_clip_l(server.models_dir("text_encoders") / OFFICIAL_CLIP)
-        models.write_random_flux_vae(server.models_dir("vae") / OFFICIAL_VAE)
+        for name, source in request.getfixturevalue("model_files").items():
+            target = server.base / "models" / name
+            try:
+                os.link(source, target)  # the same bytes for every server: no second copy
+            except OSError:
+                shutil.copyfile(source, target)
         server.wait_ready()
         yield server
     finally:
@@ -38,9 +54,9 @@ def running_server(base, extra_args=()):
 
 
 @pytest.fixture(scope="session")
-def comfyui(tmp_path_factory):
+def comfyui(tmp_path_factory, request):
     """The session's server (``.url``, ``.loras_dir``, ``.log_text()``)."""
-    yield from running_server(tmp_path_factory.mktemp("comfyui"))
+    yield from running_server(tmp_path_factory.mktemp("comfyui"), request)
 
 
 @pytest.fixture

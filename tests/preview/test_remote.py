@@ -21,8 +21,8 @@ pytestmark = pytest.mark.comfyui
 
 
 @pytest.fixture(scope="module")
-def assets_server(tmp_path_factory):
-    yield from running_server(tmp_path_factory.mktemp("comfyui-assets"), ("--enable-assets",))
+def assets_server(tmp_path_factory, request):
+    yield from running_server(tmp_path_factory.mktemp("comfyui-assets"), request, ("--enable-assets",))
 
 
 def test_uploaded_previews_render_as_the_stacked_inputs(assets_server, tiny, tmp_path):

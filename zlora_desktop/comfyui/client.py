@@ -28,6 +28,7 @@ LOADER_FOLDERS = {
     ("LoraLoader", "lora_name"): "loras",
 }
 SHOWN_NAMES = 12  # files named in a "ComfyUI has no file" message
+INTERRUPT_WAIT_SECONDS = 10.0  # a cancelled render waits this long at most for the server to stop
 
 
 class ComfyError(ZLoraError):
@@ -114,8 +115,8 @@ def normalize_url(text: str) -> str:
 
 
 class ComfyClient:
-    """Talks to one ComfyUI server. Thread-safe for calls from one worker at a time per render;
-    ``interrupt`` may be called from another thread."""
+    """Talks to one ComfyUI server. One ``render`` at a time per client; the HTTP calls (``interrupt``
+    among them) may come from any thread."""
 
     def __init__(self, url: str = DEFAULT_URL, *, connect_timeout: float = 5.0, read_timeout: float = 30.0,
                  retries: int = 2, client_id: str | None = None):
@@ -128,7 +129,6 @@ class ComfyClient:
         self.client_id = client_id or str(uuid.uuid4())
         self._http = httpx.Client(base_url=self.url, follow_redirects=False,
                                   timeout=httpx.Timeout(read_timeout, connect=connect_timeout))
-        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._http.close()
@@ -457,8 +457,7 @@ class _Batch:
                 self._finish(job)
             else:
                 self.on_event(RenderEvent(job, "executing", node=str(data.get("node"))))
-        elif kind == "execution_success":
-            self._finish(job)
+        # "execution_success" comes before the history is written; "executing" with no node after.
         elif kind == "progress":
             self.on_event(RenderEvent(job, "progress", node=str(data.get("node")),
                                       value=int(data.get("value", 0)), maximum=int(data.get("max", 0))))
@@ -542,11 +541,31 @@ class _Batch:
         try:
             self.client.delete_queued(prompt_ids)
             running, _ = self.client.queue_ids()
-            for prompt_id in prompt_ids:
-                if prompt_id in running:
-                    self.client.interrupt(prompt_id)
+            interrupted = [prompt_id for prompt_id in prompt_ids if prompt_id in running]
+            for prompt_id in interrupted:
+                self.client.interrupt(prompt_id)
+            if interrupted:
+                self._await_stop(set(interrupted))
         except ComfyError:
             pass
+
+    def _await_stop(self, prompt_ids: set[str], limit: float = INTERRUPT_WAIT_SECONDS) -> None:
+        """Wait until the interrupted prompts have stopped (the sampler sees the interrupt at
+        its next step), so the server is free when ``render`` returns; at most ``limit`` s."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            running, _ = self.client.queue_ids()
+            if not prompt_ids & running:
+                return
+            if self.websocket is None:
+                time.sleep(self.poll)
+                continue
+            try:
+                self.websocket.recv(timeout=self.poll)  # wakes on the server's next message
+            except TimeoutError:
+                pass
+            except Exception:  # noqa: BLE001 - a closed socket: the queue is asked again
+                time.sleep(self.poll)
 
     def _close_websocket(self) -> None:
         if self.websocket is not None:
