@@ -58,6 +58,14 @@ def test_merged_renders_as_the_inputs_stacked_at_their_ratios(client, two_loras)
     assert [s for _, s in report.variant("stacked").loras] == [1.0, -0.7]
 
 
+def test_inputs_outside_the_loras_folder_are_copied_by_content(client, comfyui, two_loras):
+    recipe = Recipe([RecipeInput(path, 1.0) for path in two_loras], output="")
+    names = [name for name, _ in preview(client, recipe, ["stacked"], small()).variant("stacked").loras]
+    assert all(name.startswith(f"{PREVIEW_SUBFOLDER}/input-") for name in names) and len(set(names)) == 2
+    for name, source in zip(names, two_loras):
+        assert (comfyui.loras_dir / name).read_bytes() == open(source, "rb").read()
+
+
 def test_preview_files_progress_and_sizes(client, comfyui, two_loras):
     recipe = Recipe([RecipeInput(two_loras[0], 0.8, weights="L01=0")], output="")
     events, arrived = [], []

@@ -74,12 +74,13 @@ def preview(client: ComfyClient, recipe, modes: list[str], settings: RenderSetti
             route: LoraRoute | None = None, loras_dir: str | None = None, keep: int = DEFAULT_KEEP,
             on_event: Callable[[RenderEvent], None] | None = None,
             on_variant: Callable[[PreviewVariant], None] | None = None,
-            merge_progress: Callable[[int, int, str], None] | None = None,
+            merge_progress: Callable[[int, int, str], None] | None = None, known_digests=None,
             cancel: Callable[[], bool] | None = None, timeout: float | None = None) -> PreviewReport:
     """Render ``modes`` of ``recipe`` (its enabled inputs, ratios and weights) with ``settings``.
 
     Raises ComfyError (server problems, in plain words), ZLoraError (bad input) or
-    CancelledError. ``on_variant`` gets each variant as its image arrives.
+    CancelledError. ``on_variant`` gets each variant as its image arrives; ``known_digests`` spares
+    re-hashing inputs the caller hashed already (core.merge.KnownDigests).
     """
     settings.check()
     unknown = [mode for mode in modes if mode not in MODES]
@@ -102,7 +103,8 @@ def preview(client: ComfyClient, recipe, modes: list[str], settings: RenderSetti
             merged.inputs = enabled
             merged.method = "exact"  # the preview shows what the weights do, not an SVD's loss
             merged.format = "comfyui"  # ComfyUI's own names: every module maps, whatever the recipe writes
-            loras["merged"] = [(route.place_merged(merged, progress=merge_progress, cancel=cancel), 1.0)]
+            loras["merged"] = [(route.place_merged(merged, progress=merge_progress, cancel=cancel,
+                                                     known_digests=known_digests), 1.0)]
         if "stacked" in modes:
             loras["stacked"] = [(route.place_input(item.path, cancel=cancel), item.ratio) for item in enabled]
             if any(not item.block_weights().is_identity() for item in enabled):
