@@ -43,3 +43,19 @@ def test_preview_of_a_missing_model_exits_2(comfyui, tmp_path, capsys):
     assert code == 2
     assert err.strip() == "zlora: error: ComfyUI has no file `sdxl_vae.safetensors` in vae; it has: `ae.safetensors`"
     assert not (tmp_path / "o.png").exists()
+
+
+def test_preview_of_a_recipe_leaves_disabled_inputs_out(comfyui, tiny, tmp_path, capsys):
+    tiny_lora(tmp_path / "on.safetensors", tiny, seed=41)
+    tiny_lora(tmp_path / "off.safetensors", tiny, seed=42)
+    (tmp_path / "r.json").write_text(json.dumps({"inputs": [
+        {"path": "on.safetensors", "ratio": 0.7}, {"path": "off.safetensors", "ratio": 1, "enabled": False}]}))
+    code = cli_main(["preview", "--recipe", str(tmp_path / "r.json"), "--server", comfyui.url, "--prompt", "x",
+                     "--width", "32", "--height", "32", "--mode", "stacked", "--negative", "ugly",
+                     "-o", str(tmp_path / "s.png"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert [entry["strength"] for entry in report["variants"][0]["loras"]] == [0.7]
+    assert report["notes"] == ["the negative prompt is not used at cfg 1 (ComfyUI's Turbo graph zeroes it)"]
+    assert (tmp_path / "s.png").is_file()

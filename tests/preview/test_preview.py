@@ -148,3 +148,17 @@ def _models(client):
     from zlora_desktop.comfyui.graph import MODEL_FOLDERS, choose_models
 
     return choose_models({folder: client.models(folder) for folder in MODEL_FOLDERS.values()})
+
+
+def test_a_node_failing_while_running_is_said_in_words(client, comfyui):
+    from zlora_desktop.comfyui.client import ComfyRenderFailed
+
+    (comfyui.loras_dir / "broken.safetensors").write_bytes(b"not a safetensors file at all")
+    graph = build_graph(_models(client), small(), [("broken.safetensors", 1.0)])
+    job = RenderJob(graph, OUTPUT_NODE)
+    with pytest.raises(ComfyRenderFailed) as error:
+        client.render([job])
+    assert str(error.value).startswith("ComfyUI failed in LoraLoaderModelOnly (node lora0): ")
+    assert "\n" not in str(error.value)
+    running, pending = client.queue_ids()
+    assert job.prompt_id not in running | pending

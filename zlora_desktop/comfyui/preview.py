@@ -93,6 +93,8 @@ def preview(client: ComfyClient, recipe, modes: list[str], settings: RenderSetti
     models = choose_models({folder: client.models(folder) for folder in MODEL_FOLDERS.values()},
                            model, unet, clip, vae)
     report = PreviewReport(server, models, settings, "")
+    if settings.cfg == 1.0 and settings.negative:
+        report.notes.append("the negative prompt is not used at cfg 1 (ComfyUI's Turbo graph zeroes it)")
     started = time.perf_counter()
     loras: dict[str, list[tuple[str, float]]] = {"base": []}
     if "merged" in modes or "stacked" in modes:
