@@ -155,10 +155,13 @@ def test_a_node_failing_while_running_is_said_in_words(client, comfyui):
 
     (comfyui.loras_dir / "broken.safetensors").write_bytes(b"not a safetensors file at all")
     graph = build_graph(_models(client), small(), [("broken.safetensors", 1.0)])
-    job = RenderJob(graph, OUTPUT_NODE)
+    jobs = [RenderJob(graph, OUTPUT_NODE), RenderJob(build_graph(_models(client), small(steps=200)), OUTPUT_NODE)]
     with pytest.raises(ComfyRenderFailed) as error:
-        client.render([job])
+        client.render(jobs)
     assert str(error.value).startswith("ComfyUI failed in LoraLoaderModelOnly (node lora0): ")
     assert "\n" not in str(error.value)
+    # The rest of the batch is dropped (taken off the queue, or interrupted if it had started).
     running, pending = client.queue_ids()
-    assert job.prompt_id not in running | pending
+    assert not ({job.prompt_id for job in jobs} & (running | pending))
+    second = client.history(jobs[1].prompt_id)
+    assert second is None or second["status"]["status_str"] != "success"

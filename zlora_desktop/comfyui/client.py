@@ -461,8 +461,8 @@ class _Batch:
         elif kind == "progress":
             self.on_event(RenderEvent(job, "progress", node=str(data.get("node")),
                                       value=int(data.get("value", 0)), maximum=int(data.get("max", 0))))
-        elif kind == "execution_error":
-            self._abandon(self._pending())
+        elif kind == "execution_error":  # the failed job has ended; the others are dropped
+            self._abandon([p for p in self._pending() if p != self.jobs[job].prompt_id])
             raise ComfyRenderFailed(_execution_error_sentence(data))
         elif kind == "execution_interrupted":
             self._abandon(self._pending())
