@@ -25,7 +25,7 @@ from ..core.errors import ZLoraError, one_line
 from .client import ComfyClient, ComfyError
 
 PREVIEW_SUBFOLDER = "zlora_preview"
-DEFAULT_KEEP = 12  # preview files kept in zlora_preview/ (each rendered variant is one)
+DEFAULT_KEEP = 6  # preview files kept in zlora_preview/ (a full-size rank-96 merge is 0.5 GB)
 MERGED_PREFIX = "zlora-"
 INPUT_PREFIX = "input-"
 
