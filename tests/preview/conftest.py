@@ -83,3 +83,14 @@ def tiny_lora(path, tiny: models.TinyZImage, seed: int, scale: float = 2.0, layo
                       components=tuple(components or model.COMPONENTS))
     write_sample(path, spec)
     return str(path)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used a server shows the end of that server's log."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when in ("setup", "call"):
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, ComfyServer):
+                report.sections.append((f"ComfyUI log ({value.url}, last lines)", value.log_tail(60)))
