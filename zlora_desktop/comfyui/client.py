@@ -403,7 +403,11 @@ class _Batch:
             except ComfyError:
                 self._abandon(queued)
                 raise
-            self._follow()
+            try:
+                self._follow()
+            except KeyboardInterrupt:  # Ctrl+C in the CLI: the server stops too
+                self._abandon(self._pending())
+                raise
         finally:
             self._close_websocket()
         return [self.results[i] for i in range(len(self.jobs))]
