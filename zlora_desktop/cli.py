@@ -11,6 +11,7 @@ import os
 import sys
 
 from . import __version__
+from .cli_preview import add_parser as add_preview_parser, cmd_preview
 from .core import dtypes, model, options
 from .core.errors import CancelledError, ZLoraError
 from .core.recipe import Recipe, RecipeInput
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trigger", help="trigger words to put in the metadata")
 
+    add_preview_parser(sub)
+
     # Listed for --help; main() hands its arguments to the self-test's own parser.
     sub.add_parser("self-test", help="merge sample LoRAs on this machine's device and check the result "
                                      "(zlora self-test --help for its options)")
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             return self_test(argv[1:])
         args = build_parser().parse_args(argv)
         return {"inspect": cmd_inspect, "merge": cmd_merge, "presets": cmd_presets,
-                "sample": cmd_sample}[args.command](args)
+                "sample": cmd_sample, "preview": cmd_preview}[args.command](args)
     except CancelledError:
         print("zlora: cancelled", file=sys.stderr)
         return EXIT_ERROR

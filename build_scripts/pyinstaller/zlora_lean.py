@@ -65,7 +65,7 @@ EXCLUDED_PACKAGES = (
     "tensorboard", "torchvision", "torchaudio", "caffe2", "yaml",
     # never used by the app
     "tkinter", "_tkinter", "turtledemo", "idlelib", "lib2to3", "pydoc_data",
-    "IPython", "matplotlib", "PIL", "pandas", "scipy", "Cython",
+    "IPython", "matplotlib", "pandas", "scipy", "Cython",  # not PIL: zlora preview's images
     "pytest", "_pytest", "pytestqt", "setuptools", "pkg_resources", "distutils", "pip", "wheel",
     "diffusers", "transformers", "peft", "huggingface_hub", "accelerate", "tokenizers",
     "importlinter", "grimp",
