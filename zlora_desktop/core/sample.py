@@ -36,8 +36,9 @@ EXPANDED = {
     "lokr-decomposed": ("lycoris_", "underscore", "lokr", "both"),
     "full-diff": ("diffusion_model.", "comfy", "diff", None),
 }
-# Kinds the engine refuses, written for tests and demos of the error messages.
-# "lokr" is AI-Toolkit's default LoKr: both factors full (full rank), alpha 9999999999.
+# Kinds the engine refuses, written for tests and demos of the error messages. "lokr" is
+# AI-Toolkit's default LoKr at full size: both factors full (full rank), alpha 9999999999; only the
+# exact method refuses it (svd merges it from the factors' own SVDs).
 REFUSED = ("lokr", "dora", "dora-aitoolkit", "dora-peft", "sdxl", "flux", "text-encoder")
 
 
