@@ -102,8 +102,10 @@ def test_writer_refuses_on_a_big_endian_host(tmp_path, inputs, monkeypatch):
 # ---- durable and atomic ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("durable", [True, False])
 @needs_proc_fd
-def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch, durable):
+    """A scratch output (durable=False: previews) is still renamed into place whole, unsynced."""
     calls: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace  # recorded, then called: the real file system
 
@@ -117,13 +119,16 @@ def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, mo
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     output = tmp_path / "out.safetensors"
-    target = writer.AtomicOutput(str(output), replace=recording_replace)
+    target = writer.AtomicOutput(str(output), replace=recording_replace, durable=durable)
     stream = target.open({"t": (torch.float32, (2, 2))}, {"k": "v"})
     stream.write("t", torch.ones(2, 2))
     target.commit({"k": "v"})
     target.discard()
     temp = next(path for call, path in calls if call == "replace")
-    assert calls == [("fsync", temp), ("replace", temp), ("fsync", str(tmp_path))]
+    if durable:
+        assert calls == [("fsync", temp), ("replace", temp), ("fsync", str(tmp_path))]
+    else:
+        assert calls == [("replace", temp)]
     assert output.exists() and os.listdir(tmp_path) == ["out.safetensors"]
 
 
@@ -138,11 +143,11 @@ def test_a_merge_fsyncs_its_file_before_renaming_it(tmp_path, inputs, monkeypatc
 
     real_init = writer.AtomicOutput.__init__
 
-    def recording_init(self, output, cancel=None, replace=os.replace):
+    def recording_init(self, output, cancel=None, replace=os.replace, durable=True):
         def recording_replace(source, target):
             calls.append(("replace", os.fspath(source)))
             replace(source, target)
-        real_init(self, output, cancel, recording_replace)
+        real_init(self, output, cancel, recording_replace, durable)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(writer.AtomicOutput, "__init__", recording_init)
@@ -251,7 +256,8 @@ def test_a_merge_whose_target_stays_in_use_leaves_it_and_no_temporary_file(tmp_p
     monkeypatch.setattr(writer, "RETRY_REPLACE_IN_USE", True)  # Windows' path, here
     real_init = writer.AtomicOutput.__init__
     monkeypatch.setattr(writer.AtomicOutput, "__init__",
-                        lambda self, out, cancel=None, replace=None: real_init(self, out, cancel, InUse(10**6)))
+                        lambda self, out, cancel=None, replace=None, durable=True: real_init(self, out, cancel, InUse(10**6),
+                                                                                      durable))
     with pytest.raises(ZLoraError, match="in use by another program"):
         merge(_recipe(inputs, output))
     assert output.read_bytes() == b"previous" and os.listdir(tmp_path) == ["out.safetensors"]

@@ -204,12 +204,14 @@ def check_compatible(loras: list[LoraFile]) -> None:
 
 def merge(recipe: Recipe, progress: ProgressCallback | None = None,
           cancel: Callable[[], bool] | threading.Event | None = None, presets=None,
-          known_digests: KnownDigests | None = None, notice: Callable[[str], None] | None = None) -> MergeReport:
+          known_digests: KnownDigests | None = None, notice: Callable[[str], None] | None = None,
+          durable: bool = True) -> MergeReport:
     """Run a recipe end to end and write its output. Raises ZLoraError or CancelledError.
 
     ``cancel`` is polled between modules, while the inputs' hashes are awaited, between the
     output's tensors and right before the final rename: a cancel at any point leaves no file.
     ``known_digests`` spares hashing inputs the caller hashed already (see ``KnownDigests``).
+    ``durable=False`` writes a scratch file (a preview): renamed into place whole, not fsynced.
     ``notice`` is told each warning known before any module is computed (what the inputs are,
     what the format leaves out), while the merge runs; the report keeps them all.
     """
@@ -239,7 +241,7 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     digests = [hashing.submit(input_digest, lora.path, known_digests, stop_hashing.is_set)
                for lora, _, _ in inputs]
     names = sorted({m for lora, _, _ in inputs for m in lora.modules}, key=model.module_order)
-    target = AtomicOutput(recipe.output, cancel=is_cancelled)
+    target = AtomicOutput(recipe.output, cancel=is_cancelled, durable=durable)
     records = []
     # A merge is a stream of small per-module steps (copies, casts, checks, small SVDs): one torch
     # thread does them at memory speed, and more only wait on each other, on the hashing thread

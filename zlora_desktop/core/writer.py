@@ -225,7 +225,7 @@ class SafetensorsStream:
             self.handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
         self.written.add(name)
 
-    def finish(self, metadata: dict[str, str]) -> None:
+    def finish(self, metadata: dict[str, str], durable: bool = True) -> None:
         missing = sorted(set(self.slots) - self.written)
         if missing:
             raise RuntimeError(f"{len(missing)} planned tensors were never written, e.g. {missing[0]}")
@@ -235,7 +235,8 @@ class SafetensorsStream:
         self.handle.seek(0)
         self.handle.write(header)
         self.handle.flush()
-        os.fsync(self.handle.fileno())
+        if durable:
+            os.fsync(self.handle.fileno())
         self.handle.close()
 
     def close(self) -> None:
@@ -383,11 +384,14 @@ class AtomicOutput:
     temporary files of ours, and returns the stream to write; ``commit(metadata)`` fsyncs the
     file, polls ``cancel`` once more, renames it over ``output`` and fsyncs the folder;
     ``discard()`` (always call it, e.g. in ``finally``) removes whatever is left.
+    ``durable=False`` (scratch files such as previews, rewritten on demand) skips both fsyncs:
+    the rename still makes the file appear whole to other programs, only a power cut may lose it.
     """
 
     def __init__(self, output: str, cancel: Callable[[], bool] | None = None,
-                 replace: Callable[[str, str], None] = os.replace):
+                 replace: Callable[[str, str], None] = os.replace, durable: bool = True):
         self.output = output
+        self.durable = durable
         self.folder = os.path.dirname(os.path.abspath(output))
         self.cancel = cancel
         self.replace = replace
@@ -410,12 +414,13 @@ class AtomicOutput:
 
     def commit(self, metadata: dict[str, str]) -> None:
         try:
-            self.stream.finish(metadata)
+            self.stream.finish(metadata, durable=self.durable)
             if self.cancel is not None and self.cancel():
                 raise CancelledError()
             replace_file(self.tmp, self.output, self.replace)
             self.tmp = None
-            _sync_folder(self.folder)
+            if self.durable:
+                _sync_folder(self.folder)
         except OSError as exc:
             raise ZLoraError(f"cannot write output ({exc.strerror or exc})", self.output) from None
 
