@@ -264,15 +264,16 @@ def test_peft_lora_bias_in_a_file_diffusers_converts_is_refused(pristine, tmp_pa
     assert report.refused and "lora_B.bias" in report.refused
 
 
-@pytest.mark.parametrize("prefix", ["diffusion_model.", "transformer."])
-def test_a_diff_b_key_is_refused(pristine, tmp_path, prefix):
+@pytest.mark.parametrize("layout,prefix", [("aitoolkit", "diffusion_model."), ("aitoolkit", "transformer."),
+                                           ("lokr-aitoolkit", "diffusion_model.")])
+def test_a_diff_b_key_is_refused(pristine, tmp_path, layout, prefix):
     """ComfyUI's LoraSave layout (and our comfyui output): diff_b beside a module's factors."""
     tensors = {}
-    for key, tensor in load_file(sample(tmp_path, "aitoolkit")).items():
+    for key, tensor in load_file(sample(tmp_path, layout)).items():
         key = prefix + key.removeprefix("diffusion_model.")
         tensors[key] = tensor
-        if key.endswith("adaLN_modulation.0.lora_B.weight"):
-            tensors[key.replace(".lora_B.weight", ".diff_b")] = torch.randn(tensor.shape[0])
+        if key.endswith(("adaLN_modulation.0.lora_B.weight", "adaLN_modulation.0.lokr_w1")):
+            tensors[key.rsplit(".", 2 if key.endswith(".weight") else 1)[0] + ".diff_b"] = torch.randn(SHAPES["hidden"] * 4)
     path = tmp_path / "diff_b.safetensors"
     save_file(tensors, str(path))
     report = check_against_diffusers(pristine, str(path))
