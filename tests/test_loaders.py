@@ -215,3 +215,12 @@ def test_inspect_json_carries_the_bias_report(capsys, tmp_path):
     comfy = next(e for e in json.loads(capsys.readouterr().out)["loaders"] if e["loader"] == "ComfyUI")
     assert (comfy["bias"]["total"], comfy["bias"]["applied"], comfy["bias"]["modelled"]) == (8, 4, True)
     assert len(comfy["bias"]["skipped"][0]["modules"]) == 4
+
+
+def test_the_loaders_line_names_the_skipped_bias_deltas(tmp_path):
+    pytest.importorskip("PySide6")
+    from zlora_desktop.gui.loader_line import short_text
+
+    reports = reports_of(_with_diff_b(tmp_path))
+    assert short_text(reports["comfyui"]) == "ComfyUI all, bias of 4 skipped ⚠"
+    assert short_text(reports["invokeai"]) == "InvokeAI all"
