@@ -154,3 +154,73 @@ def test_the_kohya_format_caveat_names_what_comfyui_skips(tmp_path):
     others = {m for m in skipped if model.split_module(m) is None}
     assert others == {"all_x_embedder.2-1", "all_final_layer.2-1.linear", "all_final_layer.2-1.adaLN_modulation.1"}
     assert "x embedder and final layer" in text
+
+
+def _with_diff_b(tmp_path, components=("adaLN", "q")) -> str:
+    """An AI-Toolkit file with ComfyUI LoraSave's bias deltas (``<stem>.diff_b``) beside some modules."""
+    path = sample(tmp_path, "aitoolkit")
+    tensors = load_file(path)
+    for key in list(tensors):
+        split = model.split_module(key.removeprefix("diffusion_model.").removesuffix(".lora_B.weight"))
+        if key.endswith(".lora_B.weight") and split and split[1] in components:
+            tensors[key.replace(".lora_B.weight", ".diff_b")] = torch.randn(tensors[key].shape[0])
+    out = tmp_path / "diff_b.safetensors"
+    save_file(tensors, str(out))
+    return str(out)
+
+
+def test_a_diff_b_beside_the_factors_is_reported_per_loader(tmp_path):
+    """A diff_b key sorts before its module's lora_A/B keys: it used to be taken for the module's key
+    form and crash the report (KeyError 'diff_b')."""
+    reports = reports_of(_with_diff_b(tmp_path))
+    comfy = reports["comfyui"]
+    assert comfy.summary() == "ComfyUI applies all 32 modules; skips the bias deltas of 4"
+    assert not comfy.complete and (comfy.bias_total, comfy.bias_applied) == (8, 4)
+    (group,) = comfy.bias_skipped
+    assert sorted(group.modules) == [model.module_name(f"L0{i}", "q") for i in range(4)]
+    assert "skips the bias deltas of 4: the model's layer has no bias" in comfy.details()[-1]
+    assert "L00-L03 q" in comfy.details()[-1]
+    assert reports["diffusers"].refused and "diff_b" in reports["diffusers"].refused
+    for key in ("diffsynth", "invokeai", "nunchaku"):  # not modelled: said, assumed applied
+        assert reports[key].complete and not reports[key].bias_modelled
+        assert "bias deltas of 8 modules is not modelled" in reports[key].details()[-1]
+    # only on layers with a bias: every bias delta applied
+    (tmp_path / "adaLN").mkdir()
+    assert reports_of(_with_diff_b(tmp_path / "adaLN", ("adaLN",)))["comfyui"].complete
+
+
+def test_comfyui_skips_peft_lora_bias(tmp_path):
+    tensors = load_file(sample(tmp_path, "diffusers", rank=4))
+    for key in list(tensors):
+        if key.endswith("adaLN_modulation.0.lora_B.weight"):
+            tensors[key.replace(".weight", ".bias")] = torch.randn(tensors[key].shape[0])
+    save_file(tensors, str(tmp_path / "peft_bias.safetensors"))
+    reports = reports_of(tmp_path / "peft_bias.safetensors")
+    comfy = reports["comfyui"]
+    assert comfy.summary().endswith("; skips the bias deltas of 4") and "lora_B.bias" in comfy.bias_skipped[0].reason
+    assert reports["diffusers"].complete and reports["diffusers"].bias_applied == 4  # transformer.: PEFT's lora_bias
+
+
+def test_comfyui_drops_the_bias_deltas_our_comfyui_output_writes_on_the_fused_qkv(tmp_path):
+    output = _merged(tmp_path, [(_with_diff_b(tmp_path), "")], "comfyui")
+    comfy = reports_of(output)["comfyui"]
+    assert comfy.applied == 32 and comfy.bias_applied == 4  # adaLN; q's lands in the fused qkv, which has no bias
+    # the fused qkv's diff_b (q's rows, zeros for k and v) reads as bias deltas of q, k and v
+    assert sorted(comfy.bias_skipped[0].modules) == sorted(model.module_name(f"L0{i}", c) for i in range(4)
+                                                           for c in "qkv")
+
+
+def test_inspect_json_carries_the_bias_report(capsys, tmp_path):
+    assert main(["inspect", "--no-strength", "--json", _with_diff_b(tmp_path)]) == 0
+    comfy = next(e for e in json.loads(capsys.readouterr().out)["loaders"] if e["loader"] == "ComfyUI")
+    assert (comfy["bias"]["total"], comfy["bias"]["applied"], comfy["bias"]["modelled"]) == (8, 4, True)
+    assert len(comfy["bias"]["skipped"][0]["modules"]) == 4
+
+
+def test_the_loaders_line_names_the_skipped_bias_deltas(tmp_path):
+    pytest.importorskip("PySide6")
+    from zlora_desktop.gui.loader_line import short_text
+
+    reports = reports_of(_with_diff_b(tmp_path))
+    assert short_text(reports["comfyui"]) == "ComfyUI all, bias of 4 skipped ⚠"
+    assert short_text(reports["invokeai"]) == "InvokeAI all"

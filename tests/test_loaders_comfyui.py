@@ -7,7 +7,10 @@ copied into the repository).
 - Suffixes: ComfyUI's weight adapters must load every module of every layout by its key stem.
 - Key map: where ComfyUI's ``comfy.lora`` imports (it pulls in every model ComfyUI has, and so
   torchvision, scipy, av…), its real ``model_lora_keys_unet`` + ``load_lora`` on a tiny Z-Image
-  model must patch exactly the modules the report says ComfyUI applies.
+  model must patch exactly the modules the report says ComfyUI applies, and its model have a bias
+  exactly where ``loaders.base_has_bias`` says (ComfyUI drops a bias patch the model has no key for).
+- Bias deltas: its real ``load_lora`` (taken from comfy/lora.py as in test_bias_deltas.py) patches
+  ``<target>.bias`` from ``<stem>.diff_b`` and leaves PEFT's ``lora_B.bias`` unloaded, as the report says.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from zlora_desktop.core import keys, model  # noqa: E402
-from zlora_desktop.core.loaders import key_forms, loader_reports  # noqa: E402
+from zlora_desktop.core.loaders import base_has_bias, key_forms, loader_reports  # noqa: E402
 from zlora_desktop.core.lora_file import LoraFile  # noqa: E402
 from zlora_desktop.core.merge import merge  # noqa: E402
 from zlora_desktop.core.recipe import Recipe, RecipeInput  # noqa: E402
@@ -79,7 +82,30 @@ patched = {}
 for path in args[1:]:  # one child for every file: importing ComfyUI takes seconds
     patches = comfy.lora.load_lora(load_file(path), key_map, log_missing=False)
     patched[path] = [[k, None] if isinstance(k, str) else [k[0], list(k[1])] for k in patches]
-print(json.dumps({"patched": patched}))
+print(json.dumps({"patched": patched, "biases": sorted(k for k in net.state_dict() if k.endswith(".bias"))}))
+"""
+
+_LOAD_LORA_CHILD = _PRELUDE + r"""
+import ast, logging
+import torch
+from safetensors.torch import load_file
+import comfy.model_management
+import comfy.weight_adapter
+# comfy/lora.py's own load_lora, as written there (importing the module whole pulls in every model)
+path = comfy.model_management.__file__.replace("model_management.py", "lora.py")
+tree = ast.parse(open(path, encoding="utf-8").read())
+body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "load_lora"]
+namespace = {"comfy": comfy, "weight_adapter": comfy.weight_adapter, "logging": logging, "torch": torch}
+exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec"), namespace)
+lora = load_file(args[1])
+stems = json.loads(args[2])
+unloaded = []
+class Missing(logging.Handler):
+    def emit(self, record):
+        unloaded.append(record.getMessage().removeprefix("lora key not loaded: "))
+logging.getLogger().addHandler(Missing())
+patches = namespace["load_lora"](lora, {stem: f"model.{stem}.weight" for stem in stems})
+print(json.dumps({"patched": sorted(k for k in patches if isinstance(k, str)), "unloaded": unloaded}))
 """
 
 
@@ -175,3 +201,55 @@ def test_comfyui_key_map_applies_what_the_report_says(tmp_path):
         report = next(r for r in loader_reports(lora) if r.loader == "comfyui")
         skipped = {m for group in report.skipped for m in group.modules}
         assert _patched_modules(result["patched"][path]) == set(lora.modules) - skipped, (name, report.summary())
+    by_target = {"diffusion_model." + keys.comfy_path(m) + ".bias": m
+                 for m in list(model.all_block_modules()) + list(model.OTHER_MODULES)}
+    present = {m for target, m in by_target.items() if target.removesuffix(".bias") + ".weight" in
+               {t for patched in result["patched"].values() for t, _ in patched}}  # the tiny model's modules
+    assert present, "no module to check the biases of"
+    for module in present:
+        assert (("diffusion_model." + keys.comfy_path(module) + ".bias") in result["biases"]) == base_has_bias(module)
+
+
+def _bias_files(tmp_path) -> dict[str, str]:
+    """ComfyUI LoraSave's diff_b beside factors (adaLN: a layer with a bias; q: one without), PEFT's
+    lora_B.bias, and our comfyui output of the first (diff_b on the fused qkv)."""
+    source = tmp_path / "source.safetensors"
+    write_sample(source, SampleSpec(layout="aitoolkit", **SHAPES))
+    tensors = load_file(str(source))
+    diff_b, peft = dict(tensors), {}
+    for key, tensor in tensors.items():
+        if key.endswith((".adaLN_modulation.0.lora_B.weight", ".attention.to_q.lora_B.weight")):
+            diff_b[key.replace(".lora_B.weight", ".diff_b")] = torch.randn(tensor.shape[0])
+        peft["transformer." + key.removeprefix("diffusion_model.")] = tensor
+        if key.endswith(".adaLN_modulation.0.lora_B.weight"):
+            peft["transformer." + key.removeprefix("diffusion_model.").replace(".weight", ".bias")] = \
+                torch.randn(tensor.shape[0])
+    files = {"diff_b": str(tmp_path / "diff_b.safetensors"), "peft": str(tmp_path / "peft.safetensors"),
+             "output-comfyui": str(tmp_path / "out.safetensors")}
+    save_file(diff_b, files["diff_b"])
+    save_file(peft, files["peft"])
+    merge(Recipe([RecipeInput(files["diff_b"], 1.0, "")], files["output-comfyui"], format="comfyui", method="exact",
+                 dtype="fp32", device="cpu"))
+    return files
+
+
+def test_comfyui_load_lora_applies_diff_b_and_not_lora_b_bias_as_reported(tmp_path):
+    pytest.importorskip("comfy_aimdo", reason="ComfyUI's import needs comfy-aimdo")
+    for name, path in _bias_files(tmp_path).items():
+        lora = LoraFile.open(path)
+        stems = sorted({form.stem for spelled in key_forms(lora).values() for form in spelled})
+        result = run_child(_LOAD_LORA_CHILD, path, json.dumps(stems))
+        report = next(r for r in loader_reports(lora) if r.loader == "comfyui")
+        # every stem mapped: load_lora patches "<stem>.bias" exactly for the diff_b keys
+        diff_b = {info.bias_key for info in lora.modules.values() if info.bias_key and info.bias_key.endswith(".diff_b")}
+        assert {k for k in result["patched"] if k.endswith(".bias")} == \
+            {"model." + k.removesuffix(".diff_b") + ".bias" for k in diff_b}, name
+        assert {k for k in result["unloaded"]} == {info.bias_key for info in lora.modules.values()
+                                                    if info.bias_key and info.bias_key.endswith(".lora_B.bias")}, name
+        # the report: a patched bias applies where the model has a bias; lora_B.bias never
+        bias_skipped = {m for group in report.bias_skipped for m in group.modules}
+        applied = {m for m, info in lora.modules.items() if info.bias_key in diff_b and base_has_bias(m)}
+        assert set(lora.bias_modules) - bias_skipped == applied, (name, report.summary())
+        assert report.bias_applied == len(applied) and report.complete == (not bias_skipped), name
+        if name == "peft":
+            assert report.bias_applied == 0 and len(bias_skipped) == len(lora.bias_modules) > 0

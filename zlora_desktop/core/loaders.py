@@ -5,6 +5,10 @@ of loader facts; docs/FORMATS.md "What each loader applies" gives the sources), 
 a loader. Users calibrate strengths against what they see: a loader that silently skips half of
 a file, or ignores its alpha, must be said.
 
+Bias deltas (``ModuleInfo.bias_key``: ``diff_b`` or PEFT's ``lora_B.bias``) are reported beside
+their module: applied with it, skipped (said, with the reason) or refusing the whole file
+(``Loader.bias``).
+
 A module of a file may be spelled by several keys (a ComfyUI fused ``attention_qkv`` beside split
 ``to_q``…): a loader applies it when it maps any of them.
 """
@@ -58,6 +62,18 @@ class Form:
 
 
 @dataclass(frozen=True)
+class BiasRule:
+    """What a loader does with one kind of bias delta key (``keys.BIAS_PARTS``) of a module it applies."""
+
+    part: str  # "diff_b" or "lora_bias" (PEFT's lora_B.bias)
+    action: str  # "applies", "skips" or "refuses" (the whole file fails to load)
+    why: str = ""  # for "skips" and "refuses": the reason said
+    when: str | None = None  # only in files that meet this condition (see ``_file_conditions``)
+    skips_unbiased: str = ""  # applied only on layers the model gives a bias: why the others are skipped
+    unbiased_note: str = ""  # applied on layers without a bias too, with this caveat said
+
+
+@dataclass(frozen=True)
 class Loader:
     key: str
     name: str
@@ -70,6 +86,7 @@ class Loader:
     equal_qkv_ranks: bool = False  # fuses q, k, v and needs their ranks equal
     repairs: tuple[tuple[str, str], ...] = ()  # over-split dotted names it rewrites before mapping
     why_unmapped: tuple[tuple[str, str], ...] = ()  # (key prefix, why its keys go unmapped) for reports
+    bias: tuple[BiasRule, ...] | None = None  # what it does with bias deltas; None: not modelled
     basis: str = ""  # where the facts come from (docs/FORMATS.md has the details)
 
 
@@ -92,6 +109,15 @@ LOADERS: tuple[Loader, ...] = (
         ),
         kinds=_ALL_KINDS,
         header_alpha=False,
+        bias=(
+            # load_lora reads <stem>.diff_b for every mapped stem and patches "<target>.bias" (+= strength ·
+            # diff_b); ModelPatcher.add_patches drops a patch whose key the model lacks ("NOT LOADED"), and
+            # its Z-Image has no bias in attention or FFN (comfy/ldm/lumina/model.py bias=False).
+            BiasRule("diff_b", "applies",
+                     skips_unbiased="the model's layer has no bias (attention and FFN): ComfyUI drops the patch"),
+            # no adapter reads lora_B.bias; only lora_convert's Flux control-LoRA converter renames it to diff_b
+            BiasRule("lora_bias", "skips", "PEFT lora_B.bias keys are not loaded (\"lora key not loaded\")"),
+        ),
         why_unmapped=(("lora_unet_", "under lora_unet_ it knows only its own model's names: fused attention_qkv, "
                                      "attention_out, x_embedder, final_layer_…"),),
         basis="comfy/lora.py model_lora_keys_unet and load_lora, comfy/utils.py z_image_to_diffusers",
@@ -116,6 +142,19 @@ LOADERS: tuple[Loader, ...] = (
         kinds=("lora", "lokr", "lokr-full"),
         refuses_kinds=("loha", "diff"),
         refuses_lokr_mixed=True,
+        bias=(
+            # a converted file: its converter leaves the keys unmapped and stops ("state_dict should be
+            # empty"); one reaching PEFT as it is fails the format check (no "lora" in a diff_b key)
+            BiasRule("diff_b", "refuses", "bias deltas as diff_b keys are not supported, and one is enough to "
+                                          "fail the load"),
+            BiasRule("lora_bias", "refuses", "PEFT lora_B.bias keys in a file it converts (it has .alpha, "
+                                             "diffusion_model., lora_unet_ or .default keys) are left over by "
+                                             "its converter, which fails the load", when="converted"),
+            # transformer.<m> reaches PEFT as it is: lora_bias=True from the keys (utils/peft_utils.py)
+            BiasRule("lora_bias", "applies", when="not converted",
+                     unbiased_note="fuse_lora() fails on a lora_B.bias of a layer without a bias (PEFT cannot "
+                                   "merge it); unfused, it is applied"),
+        ),
         repairs=(("context.refiner.", "context_refiner."), ("noise.refiner.", "noise_refiner."),
                  ("adaLN.modulation.", "adaLN_modulation."), ("all.final.layer.", "all_final_layer."),
                  ("all.x.embedder.", "all_x_embedder."), ("cap.embedder.", "cap_embedder."),
@@ -174,10 +213,16 @@ class LoaderReport:
     skipped: list[Skipped] = field(default_factory=list)
     rescaled: list[Rescaled] = field(default_factory=list)
     modelled: bool = True  # False: its key names are assumed mapped, not checked
+    bias_total: int = 0  # modules of the file with a bias delta
+    bias_applied: int = 0  # of those, the ones whose bias delta it applies
+    bias_skipped: list[Skipped] = field(default_factory=list)  # of modules it applies: bias deltas left out
+    bias_notes: list[Skipped] = field(default_factory=list)  # bias deltas applied with a caveat
+    bias_modelled: bool = True  # False: what it does with bias deltas is not modelled (assumed applied)
 
     @property
     def complete(self) -> bool:
-        return self.refused is None and self.applied == self.total and not self.rescaled
+        return (self.refused is None and self.applied == self.total and not self.rescaled
+                and not self.bias_skipped)
 
     def summary(self) -> str:
         """One line: "ComfyUI applies 120 of 240 modules", "diffusers 0.42 refuses the file (…)"."""
@@ -189,6 +234,9 @@ class LoaderReport:
             text = f"{self.name} applies {self.applied} of {self.total} modules"
         for group in self.rescaled:
             text += f"; {len(group.modules)} at {_factor_text(group.factor)} strength ({group.reason})"
+        skipped = sum(len(group.modules) for group in self.bias_skipped)
+        if skipped:
+            text += f"; skips the bias deltas of {skipped}"
         return text
 
     def details(self) -> list[str]:
@@ -197,6 +245,13 @@ class LoaderReport:
                  + (f"; e.g. {group.example})" if group.example else ")") for group in self.skipped]
         if not self.modelled:
             lines.append("its key names and module kinds are not modelled here: assumed applied")
+        lines += [f"skips the bias deltas of {len(group.modules)}: {group.reason} ({_module_list(group.modules)})"
+                  for group in self.bias_skipped]
+        lines += [f"bias deltas of {len(group.modules)}: {group.reason} ({_module_list(group.modules)})"
+                  for group in self.bias_notes]
+        if self.bias_applied and not self.bias_modelled:
+            lines.append(f"what it does with the bias deltas of {self.bias_applied} modules is not modelled here: "
+                         "assumed applied")
         return lines
 
     def as_dict(self) -> dict:
@@ -204,6 +259,9 @@ class LoaderReport:
                 "skipped": [{"reason": g.reason, "modules": g.modules, "example": g.example}
                             for g in self.skipped],
                 "rescaled": [{"factor": g.factor, "reason": g.reason, "modules": g.modules} for g in self.rescaled],
+                "bias": {"total": self.bias_total, "applied": self.bias_applied, "modelled": self.bias_modelled,
+                         "skipped": [{"reason": g.reason, "modules": g.modules} for g in self.bias_skipped],
+                         "notes": [{"note": g.reason, "modules": g.modules} for g in self.bias_notes]},
                 "summary": self.summary(), "names_checked": self.modelled}
 
 
@@ -220,8 +278,8 @@ def key_forms(lora) -> dict[str, list[KeyForm]]:
     tensors = lora.header.tensors
     for key in tensors:
         parsed = keys.parse_key(key)
-        if parsed is None or parsed.part == "alpha":
-            continue
+        if parsed is None or parsed.part == "alpha" or parsed.part in keys.BIAS_PARTS:
+            continue  # a bias delta rides on its module's weight key (``_bias_report``)
         suffix = _suffix_family(parsed)
         stem = key[: -len(parsed.suffix)]
         targets = ([n for n in (f"{parsed.module[: -len(keys.FUSED_QKV)]}attention.to_{p}" for p in "qkv")
@@ -298,7 +356,11 @@ def _maps(loader: Loader, module: str, form: KeyForm, conditions: set[str]) -> b
 
 def _report(loader: Loader, lora, forms: dict[str, list[KeyForm]], conditions: set[str]) -> LoaderReport:
     modules = lora.modules
-    report = LoaderReport(loader.key, loader.name, len(modules), 0, modelled=loader.forms is not None)
+    report = LoaderReport(loader.key, loader.name, len(modules), 0, modelled=loader.forms is not None,
+                          bias_modelled=loader.bias is not None)
+    # {module: (its bias key's stem, part)}
+    biases = {name: _bias_key_parts(info.bias_key) for name, info in modules.items() if info.bias_key is not None}
+    report.bias_total = len(biases)
     kinds = Counter(info.kind for info in modules.values())
     refused = [k for k in loader.refuses_kinds if kinds.get(k)]
     if refused:
@@ -309,8 +371,14 @@ def _report(loader: Loader, lora, forms: dict[str, list[KeyForm]], conditions: s
     if loader.refuses_lokr_mixed and lokr and lokr < len(modules):
         report.refused = "it mixes LoKr with other kinds of modules, which its LoKr path does not accept"
         return report
+    refusing = [rule.why for rule in (_bias_rule(loader, part, conditions) for _, part in biases.values())
+                if rule is not None and rule.action == "refuses"]
+    if refusing:
+        report.refused = refusing[0]
+        return report
     skipped: dict[str, Skipped] = {}
     rescaled: dict[tuple[float, str], list[str]] = {}
+    applied_forms: dict[str, KeyForm | None] = {}
     for name, info in modules.items():
         if loader.kinds is not None and info.kind not in loader.kinds:
             _skip(skipped, f"{KIND_NAMES[info.kind]} is not supported", name)
@@ -325,6 +393,7 @@ def _report(loader: Loader, lora, forms: dict[str, list[KeyForm]], conditions: s
                 _skip(skipped, _unmapped_reason(loader, name, first, conditions), name, first.stem if first else "")
                 continue
         report.applied += 1
+        applied_forms[name] = form
         if form is None or info.scale == 0:
             continue
         if form.alpha == "header" and not loader.header_alpha and info.scale != 1.0:
@@ -339,9 +408,69 @@ def _report(loader: Loader, lora, forms: dict[str, list[KeyForm]], conditions: s
                 _skip(skipped, "q, k and v ranks differ in the block (it fuses them and needs them equal)",
                       model.module_name(block, comp), f"{block} " + ", ".join(f"{c} rank {r}" for c, r in parts.items()))
                 report.applied -= 1
+                applied_forms.pop(model.module_name(block, comp), None)
     report.skipped = list(skipped.values())
+    _bias_report(report, loader, biases, applied_forms, forms, conditions)
     report.rescaled = [Rescaled(factor, reason, names) for (factor, reason), names in rescaled.items()]
     return report
+
+
+def _bias_rule(loader: Loader, part: str, conditions: set[str]) -> BiasRule | None:
+    return next((rule for rule in loader.bias or () if rule.part == part
+                 and (rule.when is None or rule.when in conditions)), None)
+
+
+# Block components whose layer has a bias in the model (ARCHITECTURE: attention and FFN have none);
+# every other module (embedders, final layer) has one.
+_BIASED_COMPONENTS = ("adaLN",)
+
+
+def base_has_bias(module: str) -> bool:
+    """Whether the model's layer of ``module`` has a bias (that a bias delta can be added to)."""
+    split = model.split_module(module)
+    return split is None or split[1] in _BIASED_COMPONENTS
+
+
+def _bias_report(report: LoaderReport, loader: Loader, biases: dict, applied_forms: dict[str, KeyForm | None],
+                 forms: dict[str, list[KeyForm]], conditions: set[str]) -> None:
+    """Count the bias deltas of the modules ``report`` applies: applied, skipped with a reason, noted."""
+    skipped: dict[str, Skipped] = {}
+    notes: dict[str, Skipped] = {}
+    for name, (stem, part) in biases.items():
+        if name not in applied_forms:
+            continue  # the module is skipped whole: said with it
+        if loader.bias is None:
+            report.bias_applied += 1
+            continue
+        rule = _bias_rule(loader, part, conditions)
+        if rule is None:
+            _skip(skipped, "this kind of bias delta is not modelled", name)
+        elif rule.action == "skips":
+            _skip(skipped, rule.why, name)
+        elif loader.forms is not None and not _bias_stem_mapped(loader, name, stem, applied_forms[name],
+                                                                forms, conditions):
+            _skip(skipped, "its bias key's stem is not mapped", name)
+        elif rule.skips_unbiased and not base_has_bias(name):
+            _skip(skipped, rule.skips_unbiased, name)
+        else:
+            report.bias_applied += 1
+            if rule.unbiased_note and not base_has_bias(name):
+                _skip(notes, rule.unbiased_note, name)
+    report.bias_skipped = list(skipped.values())
+    report.bias_notes = list(notes.values())
+
+
+def _bias_key_parts(key: str) -> tuple[str, str]:
+    parsed = keys.parse_key(key)
+    return key[: -len(parsed.suffix)], parsed.part
+
+
+def _bias_stem_mapped(loader: Loader, module: str, stem: str, form: KeyForm | None,
+                      forms: dict[str, list[KeyForm]], conditions: set[str]) -> bool:
+    """A loader reads a bias key by the stem it maps (ComfyUI's key map, PEFT's module names)."""
+    if form is None or form.stem == stem:
+        return True
+    return any(f.stem == stem and _maps(loader, module, f, conditions) for f in forms.get(module, []))
 
 
 def _skip(groups: dict[str, Skipped], reason: str, module: str, example: str = "") -> None:

@@ -12,13 +12,17 @@ PARTIAL_MARK = "⚠"
 
 
 def short_text(report) -> str:
-    """"ComfyUI all", "ComfyUI 29 of 60 ⚠", "diffusers 0.42 refuses ⚠", "InvokeAI all, 60 at ×2 ⚠"."""
+    """"ComfyUI all", "ComfyUI 29 of 60 ⚠", "diffusers 0.42 refuses ⚠", "InvokeAI all, 60 at ×2 ⚠",
+    "ComfyUI all, bias of 12 skipped ⚠"."""
     if report.refused:
         return f"{report.name} refuses it {PARTIAL_MARK}"
     text = f"{report.name} all" if report.applied == report.total else \
         f"{report.name} {report.applied} of {report.total}"
     for group in report.rescaled:
         text += f", {len(group.modules)} at ×{group.factor:.3g}"
+    biases = sum(len(group.modules) for group in report.bias_skipped)
+    if biases:
+        text += f", bias of {biases} skipped"
     return text if report.complete else f"{text} {PARTIAL_MARK}"
 
 
