@@ -8,7 +8,7 @@ copied into the repository).
 - Key map: where ComfyUI's ``comfy.lora`` imports (it pulls in every model ComfyUI has, and so
   torchvision, scipy, av…), its real ``model_lora_keys_unet`` + ``load_lora`` on a tiny Z-Image
   model must patch exactly the modules the report says ComfyUI applies, and its model have a bias
-  exactly where ``loaders.base_has_bias`` says (ComfyUI drops a bias patch the model has no key for).
+  exactly where ``model.has_bias`` says (ComfyUI drops a bias patch the model has no key for).
 - Bias deltas: its real ``load_lora`` (taken from comfy/lora.py as in test_bias_deltas.py) patches
   ``<target>.bias`` from ``<stem>.diff_b`` and leaves PEFT's ``lora_B.bias`` unloaded, as the report says.
 """
@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from zlora_desktop.core import keys, model  # noqa: E402
-from zlora_desktop.core.loaders import base_has_bias, key_forms, loader_reports  # noqa: E402
+from zlora_desktop.core.loaders import key_forms, loader_reports  # noqa: E402
 from zlora_desktop.core.lora_file import LoraFile  # noqa: E402
 from zlora_desktop.core.merge import merge  # noqa: E402
 from zlora_desktop.core.recipe import Recipe, RecipeInput  # noqa: E402
@@ -207,7 +207,7 @@ def test_comfyui_key_map_applies_what_the_report_says(tmp_path):
                {t for patched in result["patched"].values() for t, _ in patched}}  # the tiny model's modules
     assert present, "no module to check the biases of"
     for module in present:
-        assert (("diffusion_model." + keys.comfy_path(module) + ".bias") in result["biases"]) == base_has_bias(module)
+        assert (("diffusion_model." + keys.comfy_path(module) + ".bias") in result["biases"]) == model.has_bias(module)
 
 
 def _bias_files(tmp_path) -> dict[str, str]:
@@ -248,7 +248,7 @@ def test_comfyui_load_lora_applies_diff_b_and_not_lora_b_bias_as_reported(tmp_pa
                                                     if info.bias_key and info.bias_key.endswith(".lora_B.bias")}, name
         # the report: a patched bias applies where the model has a bias; lora_B.bias never
         bias_skipped = {m for group in report.bias_skipped for m in group.modules}
-        applied = {m for m, info in lora.modules.items() if info.bias_key in diff_b and base_has_bias(m)}
+        applied = {m for m, info in lora.modules.items() if info.bias_key in diff_b and model.has_bias(m)}
         assert set(lora.bias_modules) - bias_skipped == applied, (name, report.summary())
         assert report.bias_applied == len(applied) and report.complete == (not bias_skipped), name
         if name == "peft":

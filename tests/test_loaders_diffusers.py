@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from conftest import relative_error  # noqa: E402
 from zlora_desktop.core import model  # noqa: E402
-from zlora_desktop.core.loaders import base_has_bias, loader_reports  # noqa: E402
+from zlora_desktop.core.loaders import loader_reports  # noqa: E402
 from zlora_desktop.core.lora_file import LoraFile  # noqa: E402
 from zlora_desktop.core.merge import merge  # noqa: E402
 from zlora_desktop.core.recipe import Recipe, RecipeInput  # noqa: E402
@@ -175,12 +175,12 @@ def test_every_output_format_as_diffusers_loads_it(pristine, tmp_path, fmt):
 
 
 def test_the_models_biases_are_where_the_report_assumes(pristine):
-    """ComfyUI drops a bias delta on a layer without a bias; which layers have one is loaders.base_has_bias."""
+    """ComfyUI drops a bias delta on a layer without a bias; which layers have one is model.has_bias."""
     names = set(model.all_block_modules()) | set(model.OTHER_MODULES)
     present = {name for name in names if _has_module(pristine, name)}
     assert len(present) > 30
     for name in present:
-        assert (pristine.get_submodule(name).bias is not None) == base_has_bias(name), name
+        assert (pristine.get_submodule(name).bias is not None) == model.has_bias(name), name
 
 
 def _has_module(root, name: str) -> bool:

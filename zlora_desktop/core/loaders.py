@@ -420,17 +420,6 @@ def _bias_rule(loader: Loader, part: str, conditions: set[str]) -> BiasRule | No
                  and (rule.when is None or rule.when in conditions)), None)
 
 
-# Block components whose layer has a bias in the model (ARCHITECTURE: attention and FFN have none);
-# every other module (embedders, final layer) has one.
-_BIASED_COMPONENTS = ("adaLN",)
-
-
-def base_has_bias(module: str) -> bool:
-    """Whether the model's layer of ``module`` has a bias (that a bias delta can be added to)."""
-    split = model.split_module(module)
-    return split is None or split[1] in _BIASED_COMPONENTS
-
-
 def _bias_report(report: LoaderReport, loader: Loader, biases: dict, applied_forms: dict[str, KeyForm | None],
                  forms: dict[str, list[KeyForm]], conditions: set[str]) -> None:
     """Count the bias deltas of the modules ``report`` applies: applied, skipped with a reason, noted."""
@@ -450,11 +439,11 @@ def _bias_report(report: LoaderReport, loader: Loader, biases: dict, applied_for
         elif loader.forms is not None and not _bias_stem_mapped(loader, name, stem, applied_forms[name],
                                                                 forms, conditions):
             _skip(skipped, "its bias key's stem is not mapped", name)
-        elif rule.skips_unbiased and not base_has_bias(name):
+        elif rule.skips_unbiased and not model.has_bias(name):
             _skip(skipped, rule.skips_unbiased, name)
         else:
             report.bias_applied += 1
-            if rule.unbiased_note and not base_has_bias(name):
+            if rule.unbiased_note and not model.has_bias(name):
                 _skip(notes, rule.unbiased_note, name)
     report.bias_skipped = list(skipped.values())
     report.bias_notes = list(notes.values())

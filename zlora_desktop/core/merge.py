@@ -274,6 +274,10 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         if biases and recipe.format not in options.BIAS_FORMATS:
             report.warnings.append(dropped_bias_message(recipe.format, biases, contributions))
             biases = set()
+        unbiased = {name for name in biases if not model.has_bias(name)}
+        if unbiased:
+            report.warnings.append(unbiased_bias_message(unbiased, contributions))
+            biases -= unbiased
         report.bias_modules = sorted(biases, key=model.module_order)
         if notice is not None:
             for warning in report.warnings:
@@ -427,6 +431,17 @@ def dropped_bias_message(fmt: str, modules, contributions) -> str:
     return (f"{count} bias deltas (diff_b / lora_B.bias, from {', '.join(files)}) that format "
             f"{fmt} cannot hold (diffusers refuses them): they are left out of the output; write format {keep} "
             "to keep them (ComfyUI applies them)")
+
+
+def unbiased_bias_message(modules, contributions) -> str:
+    """Bias deltas on layers that have no bias in Z-Image (attention, feed-forward): ComfyUI drops
+    a patch for a key its model lacks, so the comfyui output leaves them out too, and says so."""
+    files = sorted({os.path.basename(lora.path) for name in modules for lora, _ in contributions[name]
+                    if lora.modules[name].bias_key is not None})
+    ordered = sorted(modules, key=model.module_order)
+    count = f"{len(modules)} modules have" if len(modules) != 1 else "1 module has"
+    return (f"{count} bias deltas on layers that have no bias in Z-Image (e.g. {ordered[0]}, from "
+            f"{', '.join(files)}): ComfyUI's model has nothing to add them to, so they are left out of the output")
 
 
 def _bias_delta(name: str, terms, dtype):

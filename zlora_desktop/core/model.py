@@ -172,3 +172,14 @@ def expected_shape(name: str, hidden: int, ffn: int, adaln_in: int) -> tuple[int
     if comp == "w2":
         return (hidden, ffn)
     return (hidden, hidden)
+
+
+# Block components whose layer has a bias in the model (attention and the feed-forward have none);
+# every other module (embedders, final layer) has one.
+BIASED_COMPONENTS = ("adaLN",)
+
+
+def has_bias(module: str) -> bool:
+    """Whether the model's layer of ``module`` has a bias (that a bias delta can be added to)."""
+    split = split_module(module)
+    return split is None or split[1] in BIASED_COMPONENTS
