@@ -44,11 +44,12 @@ def layer1_lora(tmp_path_factory, tiny):
 
 def test_analysis_finds_the_only_layer_the_lora_touches(client, layer1_lora):
     # The tiny model has 2 layers: groups of one layer stand in for Z-Image's five (L10-L14).
-    arrived = []
+    arrived, images = [], {}
     analysis = analyze_blocks(client, RecipeInput(layer1_lora, 1.0), small(), layer_group=1,
-                              on_group=lambda r: arrived.append(r.group.label))
+                              on_group=lambda r: arrived.append(r.group.label), on_image=images.__setitem__)
     shares = {r.group.label: r.share for r in analysis.groups}
     assert sorted(arrived) == sorted(shares) == ["CR", "L00", "L01", "NR"]
+    assert images["full"] == analysis.full_png and images["L01"] == analysis.groups[1].png and len(images) == 6
     # The layer changes the image clearly, so the shares below measure something.
     assert abs(pixels(analysis.full_png) - pixels(analysis.base_png)).mean() > 3 and analysis.base_distance > 0.005
     assert shares["L01"] > 0.5

@@ -177,12 +177,14 @@ def analyze_blocks(client: ComfyClient, item, settings: RenderSettings, *, group
                    loras_dir: str | None = None, keep: int = DEFAULT_KEEP,
                    on_event: Callable[[RenderEvent], None] | None = None,
                    on_group: Callable[[GroupResult], None] | None = None,
+                   on_image: Callable[[str, bytes], None] | None = None,
                    merge_progress: Callable[[int, int, str], None] | None = None, known_digests=None,
                    cancel: Callable[[], bool] | None = None, timeout: float | None = None) -> BlockAnalysis:
     """Block analysis of one input (a core.recipe.RecipeInput: path, ratio, weights, preset).
 
     ``groups`` default to ``block_groups`` of the file's blocks. ``on_group`` gets each group's
-    result as soon as its image and the full image are in. Raises ComfyError, ZLoraError or
+    result as soon as its image and the full image are in; ``on_image(label, png)`` every image
+    ("full", "base", then the group labels) as it arrives. Raises ComfyError, ZLoraError or
     CancelledError.
     """
     from ..core.lora_file import LoraFile
@@ -247,6 +249,8 @@ def analyze_blocks(client: ComfyClient, item, settings: RenderSettings, *, group
 
     def arrived(rendered: RenderResult) -> None:
         png = rendered.images[0]
+        if on_image:
+            on_image(jobs[rendered.job].label, png)
         if rendered.job == 0:
             analysis.full_png = png
         elif rendered.job == 1:
