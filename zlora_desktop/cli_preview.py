@@ -223,7 +223,7 @@ def _cmd_analyze(args, recipe) -> int:
             lora.close()
         labels += ["full", "base"] + [g.label for g in groups]
         analysis = analyze_blocks(client, item, settings, groups=groups, threshold=args.threshold,
-                                  model_preset=args.model, unet=args.unet, clip=args.clip, vae=args.vae,
+                                  model=args.model, unet=args.unet, clip=args.clip, vae=args.vae,
                                   loras_dir=args.loras_dir, keep=args.keep, on_event=on_event, timeout=args.timeout)
     if show:
         print(file=sys.stderr)
@@ -270,7 +270,7 @@ def _cmd_compare(args, recipe) -> int:
     labels = [f"{row}/{column}" for row, _ in rows for column, _ in columns]
     show, on_event = _progress(args, labels)
     with ComfyClient(args.server) as client:
-        grid = compare(client, rows, columns, model_preset=args.model, unet=args.unet, clip=args.clip, vae=args.vae,
+        grid = compare(client, rows, columns, model=args.model, unet=args.unet, clip=args.clip, vae=args.vae,
                        loras_dir=args.loras_dir, keep=args.keep, on_event=on_event, timeout=args.timeout)
     if show:
         print(file=sys.stderr)

@@ -20,7 +20,7 @@ from copy import copy
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from ..core import model
+from ..core import model as zmodel
 from ..core.errors import ZLoraError
 from ..core.weights import BlockWeights
 from .client import ComfyClient, RenderEvent, RenderJob, RenderResult
@@ -47,14 +47,14 @@ def block_groups(blocks, layer_group: int = DEFAULT_LAYER_GROUP, components: boo
         raise ZLoraError(f"the layer group size must be at least 1, got {layer_group}")
     present = set(blocks)
     groups = []
-    layers = model.LAYER_BLOCKS
+    layers = zmodel.LAYER_BLOCKS
     for start in range(0, len(layers), layer_group):
         run = layers[start:start + layer_group]
         if present & set(run):
             label = run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}"
             groups.append(BlockGroup(label, label))
     for kind in ("NR", "CR", "SR"):
-        if present & set(model.BLOCK_GROUPS[kind]):
+        if present & set(zmodel.BLOCK_GROUPS[kind]):
             groups.append(BlockGroup(kind, kind))
     if components:
         groups += [BlockGroup(label, target) for label, target in COMPONENT_TARGETS]
@@ -172,7 +172,7 @@ class BlockAnalysis:
 
 def analyze_blocks(client: ComfyClient, item, settings: RenderSettings, *, groups: list[BlockGroup] | None = None,
                    layer_group: int = DEFAULT_LAYER_GROUP, components: bool = False,
-                   threshold: float = DEFAULT_THRESHOLD, model_preset: str = "turbo", unet: str | None = None,
+                   threshold: float = DEFAULT_THRESHOLD, model: str = "turbo", unet: str | None = None,
                    clip: str | None = None, vae: str | None = None, route: LoraRoute | None = None,
                    loras_dir: str | None = None, keep: int = DEFAULT_KEEP,
                    on_event: Callable[[RenderEvent], None] | None = None,
@@ -203,7 +203,7 @@ def analyze_blocks(client: ComfyClient, item, settings: RenderSettings, *, group
         lora.close()
     if not groups:
         raise ZLoraError("the LoRA has no block weights to analyse", item.path)
-    models = connect_models(client, model_preset, unet, clip, vae)
+    models = connect_models(client, model, unet, clip, vae)
     started = time.perf_counter()
     route = route or choose_route(client, loras_dir, keep)
     base_text = start_weights.to_text()
@@ -336,7 +336,7 @@ def _with_input(recipe, index: int, **changes):
 
 
 def compare(client: ComfyClient, rows: list[tuple[str, object]], columns: list[tuple[str, RenderSettings]], *,
-            model_preset: str = "turbo", unet: str | None = None, clip: str | None = None, vae: str | None = None,
+            model: str = "turbo", unet: str | None = None, clip: str | None = None, vae: str | None = None,
             route: LoraRoute | None = None, loras_dir: str | None = None, keep: int = DEFAULT_KEEP,
             on_event: Callable[[RenderEvent], None] | None = None,
             on_cell: Callable[[int, int, bytes], None] | None = None,
@@ -351,7 +351,7 @@ def compare(client: ComfyClient, rows: list[tuple[str, object]], columns: list[t
     for label, recipe in rows:
         if not [item for item in recipe.inputs if item.enabled]:
             raise ZLoraError(f"compare row {label!r} has no enabled input LoRA")
-    models = connect_models(client, model_preset, unet, clip, vae)
+    models = connect_models(client, model, unet, clip, vae)
     started = time.perf_counter()
     route = route or choose_route(client, loras_dir, keep)
     names: list[str | None] = []
