@@ -38,7 +38,8 @@ def add_parser(sub) -> None:
                    help=f"preview files kept in the loras folder's zlora_preview/ (default {DEFAULT_KEEP})")
     p.add_argument("--model", default="turbo", choices=tuple(PRESETS),
                    help="turbo: 8 steps, cfg 1; base: 25 steps, cfg 4, a negative prompt")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, action="append",
+                   help="the prompt; repeated with --compare-*: one grid column per prompt")
     p.add_argument("--negative", help="negative prompt (used when cfg is not 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int)
@@ -53,6 +54,18 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output PNG (with --mode all: the side-by-side sheet)")
     p.add_argument("--json", action="store_true", help="print what was rendered as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
+    analysis = p.add_argument_group("block analysis and compare grids (docs/PREVIEW.md)")
+    analysis.add_argument("--analyze-blocks", action="store_true",
+                          help="render the one input with each block group off and measure what each changes")
+    analysis.add_argument("--layer-group", type=int, default=5, help="layers per group (default 5: L00-L04, ...)")
+    analysis.add_argument("--components", action="store_true", help="also switch off attn, adaLN and FFN")
+    analysis.add_argument("--threshold", type=float, default=0.05,
+                          help="share of the LoRA's effect under which a group is suggested 0 (default 0.05)")
+    analysis.add_argument("--compare-presets", help="grid rows: these presets (comma list) on the selected input")
+    analysis.add_argument("--compare-ratios", help="grid rows: these ratios (comma list) of the selected input")
+    analysis.add_argument("--seeds", help="grid columns: these seeds (comma list) instead of the prompts")
+    analysis.add_argument("--select", type=int, default=1,
+                          help="the input (1-based, as given) that --analyze-blocks and --compare-* vary")
 
 
 def recipe_from_args(args):
@@ -102,7 +115,20 @@ def cmd_preview(args) -> int:
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise ZLoraError("the output's folder does not exist", folder)
-    settings = preset_settings(args.model, prompt=args.prompt, negative=args.negative, seed=args.seed,
+    compare = bool(args.compare_presets or args.compare_ratios)
+    if args.analyze_blocks and compare:
+        raise ZLoraError("give either --analyze-blocks or --compare-presets/--compare-ratios, not both")
+    if args.compare_presets and args.compare_ratios:
+        raise ZLoraError("give either --compare-presets or --compare-ratios, not both")
+    if args.seeds and not compare:
+        raise ZLoraError("--seeds makes the columns of a compare grid: give --compare-presets or --compare-ratios")
+    if len(args.prompt) > 1 and (not compare or args.seeds):
+        raise ZLoraError("several --prompt values make the columns of a compare grid (without --seeds)")
+    if args.analyze_blocks:
+        return _cmd_analyze(args, recipe)
+    if compare:
+        return _cmd_compare(args, recipe)
+    settings = preset_settings(args.model, prompt=args.prompt[0], negative=args.negative, seed=args.seed,
                                steps=args.steps, cfg=args.cfg, width=args.width, height=args.height)
     show = not args.quiet and not args.json and sys.stderr is not None and sys.stderr.isatty()
 
@@ -137,4 +163,120 @@ def cmd_preview(args) -> int:
             print(f"{variant.mode:<8} {paths[variant.mode]}  ({loras}; {variant.seconds:.1f} s)")
         if len(modes) > 1:
             print(f"sheet    {args.output}")
+    return 0
+
+
+def _settings(args):
+    from .comfyui.graph import preset_settings
+
+    return preset_settings(args.model, prompt=args.prompt[0], negative=args.negative, seed=args.seed,
+                           steps=args.steps, cfg=args.cfg, width=args.width, height=args.height)
+
+
+def _selected(args, recipe) -> int:
+    if not 1 <= args.select <= len(recipe.inputs):
+        raise ZLoraError(f"--select {args.select}: there are {len(recipe.inputs)} inputs")
+    return args.select - 1
+
+
+def _comma_list(text: str, option: str, kind):
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        values = [kind(item) for item in items]
+    except ValueError:
+        raise ZLoraError(f"{option} takes a comma list of {kind.__name__} values, got {text!r}") from None
+    if not values:
+        raise ZLoraError(f"{option} is empty")
+    return values
+
+
+def _progress(args, labels):
+    show = not args.quiet and not args.json and sys.stderr is not None and sys.stderr.isatty()
+
+    def on_event(event) -> None:
+        if show and event.kind == "progress":
+            print(f"\r{labels[event.job]}: step {event.value}/{event.maximum}   ", end="", file=sys.stderr, flush=True)
+
+    return show, on_event
+
+
+def _cmd_analyze(args, recipe) -> int:
+    """--analyze-blocks: OUT-full.png, OUT-base.png, OUT-<group>.png beside OUT, the strip at OUT."""
+    from pathlib import Path
+
+    from .comfyui.analysis import analysis_strip, analyze_blocks
+    from .comfyui.client import ComfyClient
+    from .core.presets import atomic_write_bytes
+
+    item = recipe.inputs[_selected(args, recipe)]
+    settings = _settings(args)
+    labels: list[str] = []
+    show, on_event = _progress(args, labels)
+    with ComfyClient(args.server) as client:
+        from .comfyui.analysis import block_groups
+        from .core.lora_file import LoraFile
+
+        lora = LoraFile.open(item.path)
+        try:
+            groups = block_groups(lora.blocks, args.layer_group, args.components)
+        finally:
+            lora.close()
+        labels += ["full", "base"] + [g.label for g in groups]
+        analysis = analyze_blocks(client, item, settings, groups=groups, threshold=args.threshold,
+                                  model=args.model, unet=args.unet, clip=args.clip, vae=args.vae,
+                                  loras_dir=args.loras_dir, keep=args.keep, on_event=on_event, timeout=args.timeout)
+    if show:
+        print(file=sys.stderr)
+    stem, ext = os.path.splitext(args.output)
+    paths = {"full": f"{stem}-full{ext}", "base": f"{stem}-base{ext}"}
+    atomic_write_bytes(Path(paths["full"]), analysis.full_png)
+    atomic_write_bytes(Path(paths["base"]), analysis.base_png)
+    for result in analysis.groups:
+        paths[result.group.label] = f"{stem}-{result.group.label}-off{ext}"
+        atomic_write_bytes(Path(paths[result.group.label]), result.png)
+    atomic_write_bytes(Path(args.output), analysis_strip(analysis))
+    if args.json:
+        data = analysis.to_json()
+        for entry in data["groups"]:
+            entry["png"] = os.path.abspath(paths[entry["label"]])
+        data["full_png"], data["base_png"] = os.path.abspath(paths["full"]), os.path.abspath(paths["base"])
+        data["strip"] = os.path.abspath(args.output)
+        print(json.dumps(data, indent=2))
+    elif not args.quiet:
+        print(f"share of the LoRA's effect each group carries (image distance to the full render, "
+              f"over base's {analysis.base_distance:.4f}):")
+        print(analysis.strip_text())
+        print(f"suggested weights: {analysis.suggested_weights() or '(all 1)'}")
+        print(f"strip    {args.output}")
+    return 0
+
+
+def _cmd_compare(args, recipe) -> int:
+    """--compare-presets/--compare-ratios × --prompt…/--seeds: the labelled grid at OUT."""
+    from pathlib import Path
+
+    from .comfyui.analysis import compare, preset_rows, prompt_columns, ratio_rows, seed_columns
+    from .comfyui.client import ComfyClient
+    from .core.presets import atomic_write_bytes
+
+    index = _selected(args, recipe)
+    if args.compare_presets:
+        rows = preset_rows(recipe, index, _comma_list(args.compare_presets, "--compare-presets", str))
+    else:
+        rows = ratio_rows(recipe, index, _comma_list(args.compare_ratios, "--compare-ratios", float))
+    settings = _settings(args)
+    columns = (seed_columns(settings, _comma_list(args.seeds, "--seeds", int)) if args.seeds
+               else prompt_columns(settings, args.prompt))
+    labels = [f"{row}/{column}" for row, _ in rows for column, _ in columns]
+    show, on_event = _progress(args, labels)
+    with ComfyClient(args.server) as client:
+        grid = compare(client, rows, columns, model=args.model, unet=args.unet, clip=args.clip, vae=args.vae,
+                       loras_dir=args.loras_dir, keep=args.keep, on_event=on_event, timeout=args.timeout)
+    if show:
+        print(file=sys.stderr)
+    atomic_write_bytes(Path(args.output), grid.sheet())
+    if args.json:
+        print(json.dumps({**grid.to_json(), "grid": os.path.abspath(args.output)}, indent=2))
+    elif not args.quiet:
+        print(f"grid     {args.output}  ({len(rows)} rows × {len(columns)} columns)")
     return 0

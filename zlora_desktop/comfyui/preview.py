@@ -90,8 +90,7 @@ def preview(client: ComfyClient, recipe, modes: list[str], settings: RenderSetti
     if any(mode != "base" for mode in modes) and not enabled:
         raise ZLoraError("a merged or stacked preview needs at least one enabled input LoRA")
     server = client.connect()
-    models = choose_models({folder: client.models(folder) for folder in MODEL_FOLDERS.values()},
-                           model, unet, clip, vae)
+    models = _choose(client, model, unet, clip, vae)
     report = PreviewReport(server, models, settings, "")
     if settings.cfg == 1.0 and settings.negative:
         report.notes.append("the negative prompt is not used at cfg 1 (ComfyUI's Turbo graph zeroes it)")
@@ -135,6 +134,18 @@ def preview(client: ComfyClient, recipe, modes: list[str], settings: RenderSetti
     client.render(jobs, on_event=on_event, on_result=arrived, cancel=cancel, timeout=timeout)
     report.render_seconds = time.perf_counter() - started
     return report
+
+
+def connect_models(client: ComfyClient, model: str = "turbo", unet: str | None = None, clip: str | None = None,
+                   vae: str | None = None) -> ModelFiles:
+    """Connect (a clear error when the server is not there) and pick the model files."""
+    client.connect()
+    return _choose(client, model, unet, clip, vae)
+
+
+def _choose(client: ComfyClient, model: str, unet: str | None, clip: str | None, vae: str | None) -> ModelFiles:
+    return choose_models({folder: client.models(folder) for folder in MODEL_FOLDERS.values()},
+                         model, unet, clip, vae)
 
 
 def side_by_side(images: list[tuple[str, bytes]], gap: int = 8, label_height: int = 24) -> bytes:
