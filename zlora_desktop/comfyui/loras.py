@@ -115,7 +115,8 @@ class LoraFolder(LoraRoute):
         else:
             preview_recipe = copy(recipe)
             preview_recipe.output = str(target)
-            merge(preview_recipe, progress=progress, cancel=cancel, known_digests=records)
+            merge(preview_recipe, progress=progress, cancel=cancel, known_digests=records,
+                  durable=False)  # a scratch file, rewritten on demand: renamed whole, not fsynced
         self._placed(target)
         return self.comfy_name(target)
 
@@ -192,7 +193,7 @@ class AssetUpload(LoraRoute):
         with tempfile.TemporaryDirectory(prefix="zlora-preview-") as folder:
             preview_recipe = copy(recipe)
             preview_recipe.output = os.path.join(folder, "zlora-preview.safetensors")
-            merge(preview_recipe, progress=progress, cancel=cancel, known_digests=known_digests)
+            merge(preview_recipe, progress=progress, cancel=cancel, known_digests=known_digests, durable=False)
             return self._upload(preview_recipe.output)
 
     def place_input(self, path: str, cancel=None) -> str:
