@@ -62,7 +62,7 @@ class MergeReport:
     device: str
     dtype: str
     modules: list[ModuleStats] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)  # zero-weight modules left out
+    dropped: list[str] = field(default_factory=list)  # modules at weight 0, or all zero, left out
     warnings: list[str] = field(default_factory=list)
     output_bytes: int = 0
     seconds: float = 0.0
@@ -120,7 +120,7 @@ class MergeReport:
         if self.bias_modules:
             lines.append(f"{len(self.bias_modules)} modules carry a bias delta (diff_b)")
         if self.dropped:
-            lines.append(f"{len(self.dropped)} modules at weight 0 left out")
+            lines.append(f"{len(self.dropped)} modules at weight 0 (or all zero) left out")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -252,9 +252,15 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
     try:
         # Which inputs enter each module is known from the headers and weights, before any data.
         contributions: dict[str, list] = {}
+        stored_ranks: dict[tuple[int, str], int] = {}
         for name in names:
             terms = [(lora, ratio * weights.factor(name)) for lora, ratio, weights in inputs
                      if name in lora.modules and ratio * weights.factor(name) != 0.0]
+            for lora, _ in terms:
+                stored_ranks[id(lora), name] = _stored_rank(lora, name)
+            # A q/k/v whose part of a fused qkv is all zero (an untrained module) adds nothing:
+            # written, it would be a rank-0 tensor that loaders divide by.
+            terms = [(lora, factor) for lora, factor in terms if stored_ranks[id(lora), name] > 0]
             if terms:
                 contributions[name] = terms
             else:
@@ -345,7 +351,7 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
 
         if recipe.method == "exact" or recipe.rank != "auto":
             # Every shape is known before computing: each module goes to disk as it is made.
-            planned = {name: _planned_shape(recipe, name, terms) for name, terms in contributions.items()}
+            planned = {name: _planned_shape(recipe, name, terms, stored_ranks) for name, terms in contributions.items()}
             if recipe.equal_qkv_ranks:
                 targets = equal_qkv_targets({name: shape[0] for name, shape in planned.items()})
                 planned = {name: (targets.get(name, rank), *rest) for name, (rank, *rest) in planned.items()}
@@ -501,11 +507,11 @@ def _svd_threaded(down, up, rank: int | str, energy: float, threads: int):
         restore()
 
 
-def _planned_shape(recipe: Recipe, name: str, terms) -> tuple[int, int, int]:
-    """(rank, out, in) of module ``name`` in the output, from the inputs' headers: the ranks
+def _planned_shape(recipe: Recipe, name: str, terms, stored_ranks: dict[tuple[int, str], int]) -> tuple[int, int, int]:
+    """(rank, out, in) of module ``name`` in the output, from the inputs' stored ranks: the ranks
     concatenated (exact), or what ``svd_truncate`` keeps of them at a fixed rank."""
     rows, cols = terms[0][0].modules[name].shape
-    rank_in = sum(_stored_rank(lora, name) for lora, _ in terms)
+    rank_in = sum(stored_ranks[id(lora), name] for lora, _ in terms)
     if recipe.method == "exact":
         return rank_in, rows, cols
     return max(1, min(int(recipe.rank), rows, cols, rank_in)), rows, cols

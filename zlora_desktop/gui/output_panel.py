@@ -486,7 +486,7 @@ class OutputPanel(QWidget):
             text += (f"<br>SVD fidelity: ranks {rank_text}, lowest kept energy {lowest:.3%}, worst module "
                      f"{html.escape(worst.module)} (relative error {worst.rel_error:.2e})")
         if report.dropped:
-            text += f"<br>{len(report.dropped)} modules at weight 0 left out"
+            text += f"<br>{len(report.dropped)} modules at weight 0 (or all zero) left out"
         self._set_result(text)
         self.show_button.setEnabled(True)
         self.session.message.emit(f"Wrote {report.output}")
