@@ -28,6 +28,7 @@ from .lora_panel import LoraPanel
 from .merge_worker import MergeController
 from .output_panel import OutputPanel
 from .preset_panel import PresetPanel
+from .preview_panel import PreviewPanel
 from .session import Session
 from .settings import Settings, demo_folder
 from .tasks import TaskRunner
@@ -118,6 +119,12 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.preset_dock, self.history_dock)
         self.preset_dock.raise_()
         self.history_dock.hide()
+        # Preview shares the Impact view's place (tabs): the window still fits 1280×800.
+        self.preview = PreviewPanel(self.settings, self.preview_recipe)
+        self.preview_dock = self._dock("Preview", "preview", scrollable(self.preview),
+                                       Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.tabifyDockWidget(self.impact_dock, self.preview_dock)
+        self.impact_dock.raise_()
         self.autosave = Autosave(self.session, paths.user_state_file(AUTOSAVE_FILE), self)
 
         self.device_label = QLabel("starting the merge engine…")
@@ -139,6 +146,7 @@ class MainWindow(QMainWindow):
         self.output.revealFailed.connect(self._show_message)
         self.lora_panel.message.connect(self._show_message)
         self.lora_panel.demoRequested.connect(self.load_demo)
+        self.preview.message.connect(self._show_message)
         self.presets.folderUsed.connect(lambda folder: self.settings.set_folder("presets", folder))
         self._restore_output_choices()
         self._default_state = self.saveState(STATE_VERSION)
@@ -215,8 +223,8 @@ class MainWindow(QMainWindow):
         view_menu = bar.addMenu("&View")
         self.panels = [(self.lora_dock, self.lora_panel), (None, self.editor), (self.impact_dock, self.impact),
                        (self.preset_dock, self.presets), (self.output_dock, self.output),
-                       (self.history_dock, self.history)]
-        names = ("&LoRAs", "&Weights", "&Impact", "&Presets", "&Output", "&History")
+                       (self.history_dock, self.history), (self.preview_dock, self.preview)]
+        names = ("&LoRAs", "&Weights", "&Impact", "&Presets", "&Output", "&History", "P&review")
         for number, ((dock, panel), name) in enumerate(zip(self.panels, names), start=1):
             view_menu.addAction(self._action(f"Go to {name}", lambda _c=False, p=panel: self.focus_panel(p),
                                              f"Ctrl+{number}"))
@@ -224,7 +232,8 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self._action("Pre&vious panel", lambda: self.cycle_panels(-1), "Shift+F6"))
         view_menu.addSeparator()
         shown = view_menu.addMenu("&Show panel")
-        for dock in (self.lora_dock, self.impact_dock, self.preset_dock, self.output_dock, self.history_dock):
+        for dock in (self.lora_dock, self.impact_dock, self.preset_dock, self.output_dock, self.history_dock,
+                     self.preview_dock):
             toggle = dock.toggleViewAction()
             toggle.setText("&" + dock.windowTitle())
             shown.addAction(toggle)
@@ -440,6 +449,19 @@ class MainWindow(QMainWindow):
                     QMessageBox.warning(self, "Not applied", f"{problem}\n\nCorrect it, or undo the edit, first.")
                 return False
         return True
+
+    def preview_recipe(self) -> Recipe | None:
+        """What Render previews: open editors committed, then the LoRAs switched on with their
+        ratios and weights now (no output file needed); None when something stops it (said)."""
+        if not self.commit_edits():
+            return None
+        entries = self.session.document.entries
+        recipe = self.session.to_recipe()
+        recipe.inputs = [item for item, entry in zip(recipe.inputs, entries) if entry.merged]
+        if not recipe.inputs:
+            self._show_message("Preview: no usable LoRA is switched on (untick as loaded and as set for the base alone)")
+            return None
+        return recipe
 
     def _confirm_discard(self) -> bool:
         """True when the current document may be replaced: its changes are saved, or the user says so."""
@@ -701,4 +723,5 @@ class MainWindow(QMainWindow):
             return
         self._closing = True
         self.merge_controller.shutdown()
+        self.preview.shutdown()
         self.session.shutdown()
