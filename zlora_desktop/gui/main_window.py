@@ -125,6 +125,7 @@ class MainWindow(QMainWindow):
                                        Qt.DockWidgetArea.BottomDockWidgetArea)
         self.tabifyDockWidget(self.impact_dock, self.preview_dock)
         self.impact_dock.raise_()
+        self.preview_dock.visibilityChanged.connect(self._make_room_for_preview)
         self.autosave = Autosave(self.session, paths.user_state_file(AUTOSAVE_FILE), self)
 
         self.device_label = QLabel("starting the merge engine…")
@@ -280,7 +281,8 @@ class MainWindow(QMainWindow):
 
     def cycle_panels(self, step: int) -> None:
         """F6 / Shift+F6: the next (previous) visible panel, as in most editors."""
-        visible = [p for d, p in self.panels if d is None or d.isVisible()]
+        # A dock tabbed behind another (Preview behind Impact) is not on screen: F6 skips it.
+        visible = [p for d, p in self.panels if d is None or (d.isVisible() and not d.visibleRegion().isEmpty())]
         current = self.panel_of(QApplication.focusWidget())
         index = visible.index(current) if current in visible else -step
         self.focus_panel(visible[(index + step) % len(visible)])
@@ -626,6 +628,15 @@ class MainWindow(QMainWindow):
         self.resizeDocks([self.lora_dock, self.impact_dock], [list_height, impact_height], Qt.Orientation.Vertical)
         self.resizeDocks([self.preset_dock, self.output_dock], [round(height * 0.4), round(height * 0.6)],
                          Qt.Orientation.Vertical)
+
+    def _make_room_for_preview(self, visible: bool) -> None:
+        """The Preview tab, brought to the front, gets the height its images and controls ask for
+        (the weight grid above scrolls); the Impact view takes what it had when it comes back."""
+        if not visible or self.preview_dock.isFloating() or self.preview_dock.visibleRegion().isEmpty():
+            return
+        wanted = min(self.preview.sizeHint().height() + self.fontMetrics().height() * 2, round(self.height() * 0.6))
+        if self.preview_dock.height() < wanted:
+            self.resizeDocks([self.preview_dock], [wanted], Qt.Orientation.Vertical)
 
     def _restore_layout(self) -> None:
         geometry = self.settings.value("window/geometry")

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 SIZES = ("768 × 768", "1024 × 1024", "512 × 512", "768 × 1024", "1024 × 768")
 MODE_LABELS = {"stacked": "as loaded", "merged": "as set", "base": "base"}
-RESULT_SIDE = 256  # pixels: each result's box in the panel
-THUMB_SIDE = 96
+RESULT_SIDE = 180  # pixels: each result's box in the panel
+THUMB_SIDE = 72
 DIFF_GAIN = 4  # |a − b| × this, so that small changes show
 MAX_SEED = 2 ** 31 - 1  # a spin box holds an int32; ComfyUI takes any seed below 2^64
 
@@ -258,7 +258,7 @@ class PreviewPanel(QWidget):
         self.model_preset.currentIndexChanged.connect(self._on_preset)
         self.model_combos = {role: QComboBox() for role in MODEL_FOLDERS}
         for role, combo in self.model_combos.items():
-            combo.setMinimumContentsLength(14)
+            combo.setMinimumContentsLength(10)
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.activated.connect(lambda _i, r=role: self._remember_model(r))
         self.loras_edit = QLineEdit()
@@ -271,22 +271,24 @@ class PreviewPanel(QWidget):
         self.route_label.setWordWrap(True)
 
         connection = QGridLayout()
+        connection.setColumnStretch(1, 1)
+        connection.setColumnStretch(3, 1)
         connection.addWidget(QLabel("Server"), 0, 0)
-        connection.addWidget(self.url_edit, 0, 1, 1, 3)
-        connection.addWidget(self.connect_button, 0, 4)
-        connection.addWidget(self.server_label, 1, 0, 1, 5)
+        connection.addWidget(self.url_edit, 0, 1, 1, 2)
+        connection.addWidget(self.connect_button, 0, 3)
+        connection.addWidget(self.server_label, 1, 0, 1, 4)
         connection.addWidget(QLabel("Model"), 2, 0)
         connection.addWidget(self.model_preset, 2, 1)
         connection.addWidget(QLabel("Diffusion"), 2, 2)
-        connection.addWidget(self.model_combos["unet"], 2, 3, 1, 2)
-        connection.addWidget(QLabel("Text encoder"), 3, 0)
+        connection.addWidget(self.model_combos["unet"], 2, 3)
+        connection.addWidget(QLabel("Text enc."), 3, 0)
         connection.addWidget(self.model_combos["clip"], 3, 1)
         connection.addWidget(QLabel("VAE"), 3, 2)
-        connection.addWidget(self.model_combos["vae"], 3, 3, 1, 2)
-        connection.addWidget(QLabel("LoRAs folder"), 4, 0)
-        connection.addWidget(self.loras_edit, 4, 1, 1, 3)
-        connection.addWidget(self.loras_button, 4, 4)
-        connection.addWidget(self.route_label, 5, 0, 1, 5)
+        connection.addWidget(self.model_combos["vae"], 3, 3)
+        connection.addWidget(QLabel("LoRAs"), 4, 0)
+        connection.addWidget(self.loras_edit, 4, 1, 1, 2)
+        connection.addWidget(self.loras_button, 4, 3)
+        connection.addWidget(self.route_label, 5, 0, 1, 4)
 
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setPlaceholderText("Prompt (with the LoRAs' trigger words)")
@@ -304,6 +306,8 @@ class PreviewPanel(QWidget):
         self.size_combo = QComboBox()
         self.size_combo.setEditable(True)
         self.size_combo.addItems(SIZES)
+        self.size_combo.setMinimumContentsLength(11)
+        self.size_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.mode_boxes = {mode: QCheckBox(MODE_LABELS[mode]) for mode in ("stacked", "merged", "base")}
         self.mode_boxes["stacked"].setToolTip("Each LoRA at its ratio, stacked as ComfyUI loads them (no block weights)")
         self.mode_boxes["merged"].setToolTip("The current weights merged exactly into one temporary preview LoRA")
@@ -351,13 +355,14 @@ class PreviewPanel(QWidget):
         self.gallery.setIconSize(QSize(THUMB_SIDE, THUMB_SIDE))
         self.gallery.setMovement(QListWidget.Movement.Static)
         self.gallery.setResizeMode(QListWidget.ResizeMode.Adjust)
-        self.gallery.setWrapping(True)
-        self.gallery.setMinimumHeight(THUMB_SIDE + 40)
+        self.gallery.setWrapping(False)  # one row that scrolls sideways: the dock stays low
+        self.gallery.setFixedHeight(THUMB_SIDE + self.fontMetrics().height() * 3 + 12)
         self.gallery.setToolTip("This session's renders: click one to see it at full size and save it")
         self.gallery.itemActivated.connect(self._open_item)
         self.gallery.itemClicked.connect(self._open_item)
 
         left = QVBoxLayout()
+        left.setContentsMargins(0, 0, 0, 0)
         left.addLayout(connection)
         left.addWidget(self.prompt_edit)
         left.addWidget(self.negative_edit)
@@ -365,13 +370,25 @@ class PreviewPanel(QWidget):
         left.addLayout(modes_row)
         left.addLayout(action_row)
         left.addStretch(1)
+        controls = QWidget()
+        controls.setLayout(left)
+        controls.setMaximumWidth(self.fontMetrics().averageCharWidth() * 70)
+        # The images scroll on their own; the controls never leave the screen.
+        results = QWidget()
+        results.setLayout(self.results_row)
+        self.results_area = QScrollArea()
+        self.results_area.setWidget(results)
+        self.results_area.setWidgetResizable(True)
+        self.results_area.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.results_area.setMinimumHeight(RESULT_SIDE + self.fontMetrics().height() * 2 + 24)
         right = QVBoxLayout()
-        right.addLayout(self.results_row)
-        right.addWidget(QLabel("Gallery (this session)"))
+        right.setContentsMargins(0, 0, 0, 0)
+        right.addWidget(self.results_area)
+        right.addWidget(QLabel("Gallery (this session: click one to enlarge and save)"))
         right.addWidget(self.gallery, 1)
         layout = QHBoxLayout(self)
-        layout.addLayout(left, 5)
-        layout.addLayout(right, 6)
+        layout.addWidget(controls, 0)
+        layout.addLayout(right, 1)
 
     # ---- settings -------------------------------------------------------------------------------
 
