@@ -306,8 +306,7 @@ class PreviewPanel(QWidget):
         self.size_combo = QComboBox()
         self.size_combo.setEditable(True)
         self.size_combo.addItems(SIZES)
-        self.size_combo.setMinimumContentsLength(11)
-        self.size_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.size_combo.setMinimumWidth(self.fontMetrics().horizontalAdvance("1024 × 1024") + 48)
         self.mode_boxes = {mode: QCheckBox(MODE_LABELS[mode]) for mode in ("stacked", "merged", "base")}
         self.mode_boxes["stacked"].setToolTip("Each LoRA at its ratio, stacked as ComfyUI loads them (no block weights)")
         self.mode_boxes["merged"].setToolTip("The current weights merged exactly into one temporary preview LoRA")
