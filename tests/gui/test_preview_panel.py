@@ -156,3 +156,54 @@ def test_cancel_interrupts_the_render(qtbot, window, comfyui):
     with ComfyClient(comfyui.url) as client:
         running, pending = client.queue_ids()
     assert not running and not pending
+
+
+def pixels(image):
+    import numpy as np
+
+    image = image.convertToFormat(image.Format.Format_RGB888)
+    rows = np.frombuffer(bytes(image.constBits()), np.uint8).reshape(image.height(), image.bytesPerLine())
+    return rows[:, : image.width() * 3].astype(np.int16)
+
+
+@pytest.mark.comfyui
+def test_render_takes_the_weights_being_typed(qtbot, window, comfyui, lora):
+    from PySide6.QtTest import QTest
+
+    window.session.add_paths([lora])
+    (entry,) = wait_loaded(qtbot, window, 1)
+    window.session.set_current(entry.id)
+    panel = connect(qtbot, window, comfyui.url)
+    panel.mode_boxes["stacked"].setChecked(False)
+    panel.size_combo.setEditText("64 × 64")
+    panel.steps_spin.setValue(2)
+    line = window.editor.text
+    line.setFocus()
+    qtbot.waitUntil(line.hasFocus)
+    line.selectAll()
+    QTest.keyClicks(line, "default=0.5, L00-L01=0")  # not applied yet: no Enter
+    with qtbot.waitSignal(panel.renderFinished, timeout=60000):
+        assert panel.render()
+    assert entry.weights.get("L01", "q") == 0
+    # The tiny model has layers L00 and L01 only (and the refiners at 0.5): "as set" is no longer
+    # "as loaded"'s image, which it matches within 2 levels at full weight (tests/preview).
+    weighted = pixels(panel.current["merged"].image)
+    panel.mode_boxes["stacked"].setChecked(True)
+    with qtbot.waitSignal(panel.renderFinished, timeout=60000):
+        assert panel.render()
+    assert abs(pixels(panel.current["stacked"].image) - weighted).max() > 10
+
+
+def test_text_that_does_not_parse_blocks_the_render(qtbot, window, samples):
+    from PySide6.QtTest import QTest
+
+    window.session.add_paths([samples.style])
+    (entry,) = wait_loaded(qtbot, window, 1)
+    window.session.set_current(entry.id)
+    line = window.editor.text
+    line.setFocus()
+    qtbot.waitUntil(line.hasFocus)
+    line.selectAll()
+    QTest.keyClicks(line, "L99=banana")
+    assert window.preview_recipe() is None
+    assert "Not applied" in window.statusBar().currentMessage()
