@@ -11,8 +11,14 @@ import pytest
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication
 
-# The server fixtures of tests/preview, shared rather than copied (``preview`` is that package).
-from preview.conftest import comfyui, model_files, tiny, tiny_lora  # noqa: F401 - fixtures
+# The server fixtures of tests/preview, shared rather than copied (``preview`` is that package):
+# pytest finds fixtures by the module's names.
+from preview import conftest as preview_fixtures
+
+comfyui = preview_fixtures.comfyui
+model_files = preview_fixtures.model_files
+tiny = preview_fixtures.tiny
+tiny_lora = preview_fixtures.tiny_lora
 
 from .helpers import wait_loaded
 
@@ -207,3 +213,23 @@ def test_text_that_does_not_parse_blocks_the_render(qtbot, window, samples):
     QTest.keyClicks(line, "L99=banana")
     assert window.preview_recipe() is None
     assert "Not applied" in window.statusBar().currentMessage()
+
+
+@pytest.mark.comfyui
+def test_a_loras_folder_the_server_does_not_read_is_said_under_render(qtbot, window, comfyui, tiny, tmp_path):
+    # A LoRA no other test merges: the server's own folder must not hold a preview of that name.
+    window.session.add_paths([tiny_lora(tmp_path / "unique.safetensors", tiny, seed=31)])
+    wait_loaded(qtbot, window, 1)
+    elsewhere = tmp_path / "not-the-servers"
+    elsewhere.mkdir()
+    window.preview.loras_edit.setText(str(elsewhere))
+    panel = connect(qtbot, window, comfyui.url)
+    assert str(elsewhere) in panel.route_label.text()
+    panel.mode_boxes["stacked"].setChecked(False)
+    panel.size_combo.setEditText("64 × 64")
+    with qtbot.waitSignal(panel.renderFinished, timeout=60000):
+        assert panel.render()
+    assert panel.error_label.isVisible() and "does not list" in panel.error_label.text(), \
+        (panel.progress.format(), panel.error_label.text(), panel.server_label.text(), list(panel.current))
+    assert str(elsewhere) in panel.error_label.text() and panel.progress.format() == "failed"
+    assert panel.render_button.isEnabled() and panel.gallery.count() == 0

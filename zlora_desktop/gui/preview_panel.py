@@ -234,6 +234,7 @@ class PreviewPanel(QWidget):
         self._kind = ""
         self._modes: list[str] = []
         self._steps = 1
+        self._seed = 0
         self._settings_text = ""
         self.connection: ConnectResult | None = None
         self.renders: list[Render] = []  # this session's, oldest first
@@ -269,6 +270,12 @@ class PreviewPanel(QWidget):
         self.loras_button.clicked.connect(self.ask_loras_dir)
         self.route_label = QLabel("")
         self.route_label.setWordWrap(True)
+        self.loras_edit.editingFinished.connect(
+            lambda: self.settings.set_value("preview/loras_dir", self.loras_edit.text().strip()))
+        self.error_label = QLabel("")  # what stopped the last render, in words
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #c0392b")
+        self.error_label.hide()
 
         connection = QGridLayout()
         connection.setColumnStretch(1, 1)
@@ -368,6 +375,7 @@ class PreviewPanel(QWidget):
         left.addLayout(settings_row)
         left.addLayout(modes_row)
         left.addLayout(action_row)
+        left.addWidget(self.error_label)
         left.addStretch(1)
         controls = QWidget()
         controls.setLayout(left)
@@ -510,10 +518,11 @@ class PreviewPanel(QWidget):
             self._say(str(exc))
             return False
         files = {role: combo.currentText() for role, combo in self.model_combos.items() if combo.currentIndex() >= 0}
-        self._modes, self._steps = modes, settings.steps
+        self._modes, self._steps, self._seed = modes, settings.steps, settings.seed
         self._settings_text = (f"{preset.title()} · seed {settings.seed} · {settings.steps} steps · "
                                f"{width}×{height} · “{settings.prompt[:60]}”")
         self.current = {}
+        self.error_label.hide()
         self._show_results()
         self.render_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -553,7 +562,7 @@ class PreviewPanel(QWidget):
         self.renders.append(render)
         item = QListWidgetItem(QIcon(QPixmap.fromImage(image.scaled(
             THUMB_SIDE, THUMB_SIDE, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))),
-            MODE_LABELS.get(mode, mode))
+            f"{MODE_LABELS.get(mode, mode)} · {self._seed}")
         item.setToolTip(render.settings + f" · {seconds:.1f} s")
         item.setData(Qt.ItemDataRole.UserRole, len(self.renders) - 1)
         self.gallery.addItem(item)
@@ -567,10 +576,11 @@ class PreviewPanel(QWidget):
             self.connection = None
             self.server_label.setText(f"<span style='color:#c0392b'>{message}</span>")
             self.progress.setFormat("Connect to render")
+            self.server_label.setToolTip(message)
         else:
             self.progress.setFormat("failed")
-            self.server_label.setText(f"<span style='color:#c0392b'>{message}</span>")
-        self.server_label.setToolTip(message)
+            self.error_label.setText(message)
+            self.error_label.show()
         self._say(message)
 
     @Slot(int, bool)
