@@ -28,6 +28,7 @@ from .lora_panel import LoraPanel
 from .merge_worker import MergeController
 from .output_panel import OutputPanel
 from .preset_panel import PresetPanel
+from .preview_panel import PreviewPanel
 from .session import Session
 from .settings import Settings, demo_folder
 from .tasks import TaskRunner
@@ -118,6 +119,13 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.preset_dock, self.history_dock)
         self.preset_dock.raise_()
         self.history_dock.hide()
+        # Preview shares the Impact view's place (tabs): the window still fits 1280×800.
+        self.preview = PreviewPanel(self.settings, self.preview_recipe)
+        self.preview_dock = self._dock("Preview", "preview", scrollable(self.preview),
+                                       Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.tabifyDockWidget(self.impact_dock, self.preview_dock)
+        self.impact_dock.raise_()
+        self.preview_dock.visibilityChanged.connect(self._make_room_for_preview)
         self.autosave = Autosave(self.session, paths.user_state_file(AUTOSAVE_FILE), self)
 
         self.device_label = QLabel("starting the merge engine…")
@@ -139,6 +147,7 @@ class MainWindow(QMainWindow):
         self.output.revealFailed.connect(self._show_message)
         self.lora_panel.message.connect(self._show_message)
         self.lora_panel.demoRequested.connect(self.load_demo)
+        self.preview.message.connect(self._show_message)
         self.presets.folderUsed.connect(lambda folder: self.settings.set_folder("presets", folder))
         self._restore_output_choices()
         self._default_state = self.saveState(STATE_VERSION)
@@ -215,8 +224,8 @@ class MainWindow(QMainWindow):
         view_menu = bar.addMenu("&View")
         self.panels = [(self.lora_dock, self.lora_panel), (None, self.editor), (self.impact_dock, self.impact),
                        (self.preset_dock, self.presets), (self.output_dock, self.output),
-                       (self.history_dock, self.history)]
-        names = ("&LoRAs", "&Weights", "&Impact", "&Presets", "&Output", "&History")
+                       (self.history_dock, self.history), (self.preview_dock, self.preview)]
+        names = ("&LoRAs", "&Weights", "&Impact", "&Presets", "&Output", "&History", "P&review")
         for number, ((dock, panel), name) in enumerate(zip(self.panels, names), start=1):
             view_menu.addAction(self._action(f"Go to {name}", lambda _c=False, p=panel: self.focus_panel(p),
                                              f"Ctrl+{number}"))
@@ -224,7 +233,8 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self._action("Pre&vious panel", lambda: self.cycle_panels(-1), "Shift+F6"))
         view_menu.addSeparator()
         shown = view_menu.addMenu("&Show panel")
-        for dock in (self.lora_dock, self.impact_dock, self.preset_dock, self.output_dock, self.history_dock):
+        for dock in (self.lora_dock, self.impact_dock, self.preset_dock, self.output_dock, self.history_dock,
+                     self.preview_dock):
             toggle = dock.toggleViewAction()
             toggle.setText("&" + dock.windowTitle())
             shown.addAction(toggle)
@@ -271,7 +281,8 @@ class MainWindow(QMainWindow):
 
     def cycle_panels(self, step: int) -> None:
         """F6 / Shift+F6: the next (previous) visible panel, as in most editors."""
-        visible = [p for d, p in self.panels if d is None or d.isVisible()]
+        # A dock tabbed behind another (Preview behind Impact) is not on screen: F6 skips it.
+        visible = [p for d, p in self.panels if d is None or (d.isVisible() and not d.visibleRegion().isEmpty())]
         current = self.panel_of(QApplication.focusWidget())
         index = visible.index(current) if current in visible else -step
         self.focus_panel(visible[(index + step) % len(visible)])
@@ -441,6 +452,19 @@ class MainWindow(QMainWindow):
                 return False
         return True
 
+    def preview_recipe(self) -> Recipe | None:
+        """What Render previews: open editors committed, then the LoRAs switched on with their
+        ratios and weights now (no output file needed); None when something stops it (said)."""
+        if not self.commit_edits():
+            return None
+        entries = self.session.document.entries
+        recipe = self.session.to_recipe()
+        recipe.inputs = [item for item, entry in zip(recipe.inputs, entries) if entry.merged]
+        if not recipe.inputs:
+            self._show_message("Preview: no usable LoRA is switched on (untick as loaded and as set for the base alone)")
+            return None
+        return recipe
+
     def _confirm_discard(self) -> bool:
         """True when the current document may be replaced: its changes are saved, or the user says so."""
         if not self.commit_edits():
@@ -605,6 +629,15 @@ class MainWindow(QMainWindow):
         self.resizeDocks([self.preset_dock, self.output_dock], [round(height * 0.4), round(height * 0.6)],
                          Qt.Orientation.Vertical)
 
+    def _make_room_for_preview(self, visible: bool) -> None:
+        """The Preview tab, brought to the front, gets the height its images and controls ask for
+        (the weight grid above scrolls); the Impact view takes what it had when it comes back."""
+        if not visible or self.preview_dock.isFloating() or self.preview_dock.visibleRegion().isEmpty():
+            return
+        wanted = min(self.preview.sizeHint().height() + self.fontMetrics().height() * 2, round(self.height() * 0.6))
+        if self.preview_dock.height() < wanted:
+            self.resizeDocks([self.preview_dock], [wanted], Qt.Orientation.Vertical)
+
     def _restore_layout(self) -> None:
         geometry = self.settings.value("window/geometry")
         state = self.settings.value("window/state")
@@ -701,4 +734,5 @@ class MainWindow(QMainWindow):
             return
         self._closing = True
         self.merge_controller.shutdown()
+        self.preview.shutdown()
         self.session.shutdown()
