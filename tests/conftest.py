@@ -96,3 +96,10 @@ def written_deltas(path) -> dict:
 
 
 ALL_BLOCK_MODULES = model.all_block_modules()
+
+
+# A tiny diffusers ZImageTransformer2DModel (3 layers, width 256) for the tests that load files
+# through diffusers' real LoRA loader.
+TINY_ZIMAGE_CONFIG = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=256, n_layers=3,
+                          n_refiner_layers=2, n_heads=8, n_kv_heads=8, cap_feat_dim=170,
+                          axes_dims=[8, 12, 12], axes_lens=[64, 32, 32])

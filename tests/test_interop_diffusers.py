@@ -39,6 +39,7 @@ from diffusers import ZImagePipeline, ZImageTransformer2DModel  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
+from conftest import TINY_ZIMAGE_CONFIG  # noqa: E402
 from zlora_desktop.core import writer  # noqa: E402
 from zlora_desktop.core.merge import merge  # noqa: E402
 from zlora_desktop.core.recipe import Recipe, RecipeInput  # noqa: E402
@@ -50,9 +51,7 @@ TOLERANCE = 1e-5  # relative error of ΔW for fp32 outputs
 # dim 256: adaLN input is min(dim, 256) and the timestep MLP is 256 -> 1024 -> min(dim, 256), so only
 # at dim >= 256 do the sample's t_embedder shapes (4·adaln_in, adaln_in) match the model. Head dim
 # 256 / 8 = 32 = sum(axes_dims). cap_feat_dim 170 = 2·256 // 3, the sample's cap_embedder input.
-TINY = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=256, n_layers=3,
-            n_refiner_layers=2, n_heads=8, n_kv_heads=8, cap_feat_dim=170,
-            axes_dims=[8, 12, 12], axes_lens=[64, 32, 32])
+TINY = TINY_ZIMAGE_CONFIG
 HIDDEN = TINY["dim"]
 FFN = int(HIDDEN / 3 * 8)  # ZImageTransformerBlock: FeedForward(hidden_dim=int(dim / 3 * 8))
 ADALN_IN = min(HIDDEN, 256)

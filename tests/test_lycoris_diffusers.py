@@ -17,13 +17,11 @@ diffusers = pytest.importorskip("diffusers", minversion="0.42",
 
 from diffusers import ZImagePipeline, ZImageTransformer2DModel  # noqa: E402
 
-from conftest import relative_error  # noqa: E402
+from conftest import TINY_ZIMAGE_CONFIG, relative_error  # noqa: E402
 from zlora_desktop.core.lora_file import LoraFile  # noqa: E402
 from zlora_desktop.core.sample import SampleSpec, write_sample  # noqa: E402
 
-TINY = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=256, n_layers=3,
-            n_refiner_layers=2, n_heads=8, n_kv_heads=8, cap_feat_dim=170,
-            axes_dims=[8, 12, 12], axes_lens=[64, 32, 32])
+TINY = TINY_ZIMAGE_CONFIG
 
 
 @pytest.mark.parametrize("layout", ["lokr-aitoolkit"])
