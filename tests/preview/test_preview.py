@@ -165,3 +165,15 @@ def test_a_node_failing_while_running_is_said_in_words(client, comfyui):
     assert not ({job.prompt_id for job in jobs} & (running | pending))
     second = client.history(jobs[1].prompt_id)
     assert second is None or second["status"]["status_str"] != "success"
+
+
+def test_a_wrong_folder_is_named_even_when_the_server_lists_the_same_preview_name(client, comfyui, two_loras,
+                                                                                    tmp_path):
+    """Preview names come from content: the server's own folder may list the very name just written
+    elsewhere. The folder itself is proven by a probe file of a name nobody else has."""
+    recipe = Recipe([RecipeInput(two_loras[1], 0.37)], output="")
+    preview(client, recipe, ["merged"], small())  # the server's own folder now holds this preview
+    with pytest.raises(ZLoraError) as error:
+        preview(client, recipe, ["merged"], small(), loras_dir=str(tmp_path))  # same content, wrong folder
+    assert "does not list" in str(error.value) and str(tmp_path) in str(error.value)
+    assert [p.name for p in (tmp_path / PREVIEW_SUBFOLDER).iterdir() if "probe" in p.name] == []

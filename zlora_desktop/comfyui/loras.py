@@ -85,6 +85,7 @@ class LoraFolder(LoraRoute):
         self.preview_dir = self.folder / PREVIEW_SUBFOLDER
         self.placed: list[Path] = []  # files this route placed or reused, newest last
         self.where = str(self.preview_dir)
+        self.proven = False  # the server was seen listing a probe written here (check_visible)
 
     def comfy_name(self, path: Path) -> str:
         """The name ComfyUI lists for a file under the folder (forward slashes; ``resolve_name``
@@ -253,16 +254,40 @@ def no_route_message(url: str) -> str:
 
 def check_visible(client: ComfyClient, route: LoraRoute, names: list[str]) -> list[str]:
     """The names as the server lists them; a name it does not list means the folder is not the
-    server's (a wrong --loras-dir, or a remote server)."""
+    server's (a wrong --loras-dir, or a remote server). A folder is first proven once by a probe
+    file of a name nobody else has: preview names come from content, so the server's own folder
+    may list the very name just written to a wrong one."""
+    if isinstance(route, LoraFolder) and not route.proven:
+        _prove_folder(client, route)
     listed = client.models("loras")
     resolved = []
     for name in names:
         match = resolve_name(listed, name)
         if match is None:
-            raise ComfyError(f"ComfyUI at {client.url} does not list {name} although it was written to "
-                             f"{route.where}: that folder is not one of the server's loras folders "
-                             f"(check --loras-dir; a remote server needs a shared folder, "
-                             f"extra_model_paths.yaml or --enable-assets)")
+            raise _not_listed(client, route, name)
         resolved.append(match)
     return resolved
+
+
+def _prove_folder(client: ComfyClient, route: LoraFolder) -> None:
+    route._prepare()
+    probe = route.preview_dir / f"zlora-probe-{os.urandom(8).hex()}.safetensors"
+    try:
+        probe.write_bytes(b"")  # listed by its extension; never loaded
+    except OSError as exc:
+        raise ZLoraError(f"cannot write to {PREVIEW_SUBFOLDER}/ ({exc.strerror or one_line(exc)})",
+                         route.folder) from None
+    try:
+        if resolve_name(client.models("loras"), route.comfy_name(probe)) is None:
+            raise _not_listed(client, route, route.comfy_name(probe))
+    finally:
+        probe.unlink(missing_ok=True)
+    route.proven = True
+
+
+def _not_listed(client: ComfyClient, route: LoraRoute, name: str) -> ComfyError:
+    return ComfyError(f"ComfyUI at {client.url} does not list {name} although it was written to "
+                      f"{route.where}: that folder is not one of the server's loras folders "
+                      f"(check --loras-dir; a remote server needs a shared folder, "
+                      f"extra_model_paths.yaml or --enable-assets)")
 
