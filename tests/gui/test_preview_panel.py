@@ -233,3 +233,11 @@ def test_a_loras_folder_the_server_does_not_read_is_said_under_render(qtbot, win
         (panel.progress.format(), panel.error_label.text(), panel.server_label.text(), list(panel.current))
     assert str(elsewhere) in panel.error_label.text() and panel.progress.format() == "failed"
     assert panel.render_button.isEnabled() and panel.gallery.count() == 0
+
+
+@pytest.mark.comfyui
+def test_a_remembered_model_the_server_lacks_is_named(qtbot, window, comfyui):
+    window.settings.set_value("preview/clip", "qwen_3_8b.safetensors")
+    panel = connect(qtbot, window, comfyui.url)
+    assert panel.model_combos["clip"].currentText() == "qwen_3_4b.safetensors"
+    assert "Not on this server: qwen_3_8b.safetensors (text_encoders)" in panel.server_label.text()

@@ -10,6 +10,8 @@ or superseded job's late signals are dropped.
 
 from __future__ import annotations
 
+import html
+
 import logging
 import random
 import re
@@ -461,6 +463,7 @@ class PreviewPanel(QWidget):
         self.server_label.setText(f"{result.summary}")
         officials = {"unet": OFFICIAL_UNET[self.model_preset.currentData() or "turbo"], "clip": OFFICIAL_CLIP,
                      "vae": OFFICIAL_VAE}
+        gone = []  # remembered files this server does not have: said, not silently replaced
         for role, folder in MODEL_FOLDERS.items():
             combo = self.model_combos[role]
             combo.clear()
@@ -468,11 +471,16 @@ class PreviewPanel(QWidget):
             combo.addItems(names)
             remembered = str(self.settings.value(f"preview/{role}") or "")
             index = combo.findText(remembered) if remembered else -1
+            if remembered and index < 0:
+                gone.append(f"{remembered} ({folder})")
             if index < 0:  # the official name, in any subfolder
                 index = next((i for i, n in enumerate(names)
                               if n.replace("\\", "/").rsplit("/", 1)[-1] == officials[role]), -1)
             combo.setCurrentIndex(index)
             combo.setToolTip(f"{folder}: {len(names)} file(s)" if names else f"ComfyUI lists no file in {folder}")
+        if gone:
+            self.server_label.setText(f"{result.summary}<br><span style='color:#c0392b'>Not on this server: "
+                                      f"{html.escape(', '.join(gone))}; the default is chosen instead</span>")
         missing = [MODEL_FOLDERS[r] for r, c in self.model_combos.items() if c.currentIndex() < 0]
         if result.route:
             self.route_label.setText(f"Preview LoRAs go to the {result.route}")
