@@ -103,3 +103,12 @@ ALL_BLOCK_MODULES = model.all_block_modules()
 TINY_ZIMAGE_CONFIG = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=256, n_layers=3,
                           n_refiner_layers=2, n_heads=8, n_kv_heads=8, cap_feat_dim=170,
                           axes_dims=[8, 12, 12], axes_lens=[64, 32, 32])
+
+
+def import_diffusers():
+    """diffusers with what its Z-Image LoRA/LoKr loading needs, or the calling test module skipped
+    with the reason (``pip install -e .[interop]``)."""
+    for name in ("peft", "transformers"):
+        pytest.importorskip(name, reason=f"interop tests need {name} (pip install -e .[interop])")
+    return pytest.importorskip("diffusers", minversion="0.42",
+                               reason="interop tests need diffusers>=0.42 with Z-Image LoRA and LoKr support")

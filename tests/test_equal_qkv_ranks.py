@@ -20,24 +20,25 @@ from zlora_desktop.core.sample import SampleSpec, write_sample
 QKV = model.COMPONENT_GROUPS["qkv"]
 
 
+def _write_pair(tmp_path_factory, name: str, rank_a: int, seed: int):
+    """a: rank ``rank_a`` on every component; b: rank 8 on q only (kohya names)."""
+    folder = tmp_path_factory.mktemp(name)
+    a, b = folder / "a.safetensors", folder / "b.safetensors"
+    write_sample(a, SampleSpec(rank=rank_a, layers=3, dtype="fp32", seed=seed))
+    write_sample(b, SampleSpec(layout="kohya", rank=8, layers=3, components=("q",), dtype="fp32", seed=seed + 1))
+    return a, b
+
+
 @pytest.fixture(scope="module")
 def uneven(tmp_path_factory):
-    """a: rank 4 on every component; b: rank 8 on q only, so q, k and v enter at different ranks."""
-    folder = tmp_path_factory.mktemp("uneven")
-    a, b = folder / "a.safetensors", folder / "b.safetensors"
-    write_sample(a, SampleSpec(rank=4, layers=3, dtype="fp32", seed=1))
-    write_sample(b, SampleSpec(layout="kohya", rank=8, layers=3, components=("q",), dtype="fp32", seed=2))
-    return a, b
+    """q, k and v enter at different ranks (q: 4 + 8, k and v: 4)."""
+    return _write_pair(tmp_path_factory, "uneven", rank_a=4, seed=1)
 
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
     """Like ``uneven``, with k and v at rank 8: an SVD by energy leaves them singular values to spare."""
-    folder = tmp_path_factory.mktemp("wide")
-    a, b = folder / "a.safetensors", folder / "b.safetensors"
-    write_sample(a, SampleSpec(rank=8, layers=3, dtype="fp32", seed=3))
-    write_sample(b, SampleSpec(layout="kohya", rank=8, layers=3, components=("q",), dtype="fp32", seed=4))
-    return a, b
+    return _write_pair(tmp_path_factory, "wide", rank_a=8, seed=3)
 
 
 def _merge(uneven, output, device="cpu", **options):

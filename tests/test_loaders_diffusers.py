@@ -19,10 +19,9 @@ import pytest
 pytestmark = pytest.mark.interop
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("peft", reason="interop tests need peft (pip install -e .[interop])")
-pytest.importorskip("transformers", reason="interop tests need transformers (pip install -e .[interop])")
-diffusers = pytest.importorskip("diffusers", minversion="0.42",
-                                reason="interop tests need diffusers>=0.42 with Z-Image LoRA support")
+from conftest import import_diffusers  # noqa: E402
+
+diffusers = import_diffusers()
 
 from diffusers import ZImagePipeline, ZImageTransformer2DModel  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
