@@ -322,3 +322,69 @@ def test_svd_to_a_fixed_rank_streams_too_even_where_a_module_is_thinner_than_the
     assert {r for m, r in ranks.items() if "adaLN" not in m} == {20}
     report = merge(Recipe([RecipeInput(str(c), 1.0)], str(output), method="svd", rank=20))
     assert {s.rank_out for s in report.modules} == {7}
+
+
+def _specs(count: int, size: int) -> dict[str, tuple]:
+    return {f"t{index}": (torch.float32, (size,)) for index in range(count)}
+
+
+def test_a_background_writer_writes_every_tensor_at_its_offset(tmp_path):
+    path = str(tmp_path / "bg.safetensors")
+    tensors = {f"t{index}": torch.full((300_000,), float(index)) for index in range(9)}  # more than its queue
+    stream = writer.SafetensorsStream(path, _specs(9, 300_000), {}, background=True, early_writeback=True)
+    try:
+        for name in sorted(tensors):
+            stream.write(name, tensors[name])
+        stream.finish({})
+    finally:
+        stream.close()
+    with safe_open(path, framework="pt") as handle:
+        assert sorted(handle.keys()) == sorted(tensors)
+        for name, tensor in tensors.items():
+            assert torch.equal(handle.get_tensor(name), tensor)
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE (POSIX)")
+@pytest.mark.parametrize("background", [False, True])
+def test_a_write_that_the_system_refuses_is_told_naming_the_output(tmp_path, background):
+    """A real refused write: the file-size limit lowered under an open stream (EFBIG)."""
+    import resource
+    import signal
+
+    path = str(tmp_path / "big.safetensors")
+    stream = writer.SafetensorsStream(path, _specs(4, 1_000_000), {}, background=background,
+                                      report_path="/somewhere/out.safetensors")
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the error, not the signal that kills
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, old_limit[1]))
+    try:
+        with pytest.raises(ZLoraError) as caught:
+            for name in sorted(_specs(4, 1_000_000)):
+                stream.write(name, torch.ones(1_000_000))
+            stream.finish({})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+        stream.close()
+    assert str(caught.value).startswith("/somewhere/out.safetensors: cannot write output (File too large)")
+
+
+def test_closing_a_background_stream_stops_its_writer_and_leaves_what_was_queued(tmp_path):
+    path = str(tmp_path / "given_up.safetensors")
+    stream = writer.SafetensorsStream(path, _specs(6, 100_000), {}, background=True)
+    for index in range(6):
+        stream.write(f"t{index}", torch.ones(100_000))
+    stream.close()
+    assert stream.handle.closed and stream._thread is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_early_writeback_is_a_real_system_call_that_succeeds_on_a_written_range(tmp_path):
+    start = writer._writeback_starter()
+    assert start is not None
+    path = tmp_path / "range.bin"
+    with open(path, "wb") as handle:
+        handle.write(b"x" * 1_000_000)
+        handle.flush()
+        assert start(handle.fileno(), 0, 1_000_000) == 0
+        assert start(-1, 0, 1) == -1  # a bad descriptor: the call really ran (and a failure is harmless)

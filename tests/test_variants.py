@@ -263,3 +263,16 @@ def test_sample_offers_every_layout_and_the_variants(tmp_path, capsys):
     assert "blocks      3/36: SR0-L00" in out
     assert main(["inspect", "--json", "--no-strength", str(tmp_path / "aitoolkit.safetensors")]) == 0
     assert '"variant": "omni"' in capsys.readouterr().out
+
+
+def test_a_merge_of_inputs_for_different_variants_warns_naming_each(tmp_path):
+    omni, turbo, turbo2 = (tmp_path / f"{n}.safetensors" for n in ("omni", "turbo", "turbo2"))
+    write_sample(omni, SampleSpec(rank=2, layers=2, variant="omni", seed=1))
+    write_sample(turbo, SampleSpec(rank=2, layers=2, seed=2))
+    write_sample(turbo2, SampleSpec(layout="kohya", rank=2, layers=2, seed=3))
+    mixed = merge(Recipe([RecipeInput(str(omni), 1.0), RecipeInput(str(turbo), 1.0)], str(tmp_path / "m.safetensors")))
+    warning = [w for w in mixed.warnings if "different Z-Image variants" in w]
+    assert len(warning) == 1
+    assert "omni.safetensors: Z-Image-Omni-Base" in warning[0] and "turbo.safetensors: Z-Image Turbo/Base" in warning[0]
+    same = merge(Recipe([RecipeInput(str(turbo), 1.0), RecipeInput(str(turbo2), 1.0)], str(tmp_path / "s.safetensors")))
+    assert not [w for w in same.warnings if "variants" in w]

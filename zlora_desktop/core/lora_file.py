@@ -211,6 +211,52 @@ class LoraFile:
             raise ZLoraError(f"module {module} holds NaN or Inf values", self.path)
         return down, up, info.scale
 
+    def reads_down_directly(self, module: str, dtype) -> bool:
+        """Whether ``read_down_into`` can give this module's A: a plain LoRA pair, not a part of
+        a fused qkv, stored in ``dtype``."""
+        info = self.modules[module]
+        return (info.kind == "lora" and info.fused_part is None
+                and self.header.tensors[info.key_a].dtype == dtypes.safetensors_code(dtype))
+
+    def read_down_into(self, module: str, target) -> None:
+        """The module's stored A [r, in] read from the file straight into ``target`` (contiguous,
+        on the CPU, in the stored dtype: see ``reads_down_directly``): no copy in between.
+        Unchecked, like ``load_stored(check_finite=False)``."""
+        entry = self.header.tensors[self.modules[module].key_a]
+        if tuple(target.shape) != entry.shape or target.nbytes != entry.end - entry.start:
+            raise RuntimeError(f"{module}: target {list(target.shape)} does not fit {entry.shape}")  # a bug of ours
+        import torch
+
+        if not target.nbytes:
+            return
+        view = memoryview(target.view(-1).view(torch.uint8).numpy())
+        try:
+            self._read_at(view, entry.start)
+        except OSError as exc:
+            raise ZLoraError(f"cannot read tensor {self.modules[module].key_a!r} "
+                             f"({exc.strerror or one_line(exc)})", self.path) from None
+
+    def load_stored_up(self, module: str):
+        """The module's stored B [out, r] (a plain LoRA pair: ``reads_down_directly``), unchecked."""
+        return self._read(self._handle(), self.modules[module].key_b)
+
+    def _read_at(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` with the file's bytes from ``offset`` (one positioned read where the
+        system has it; a file that got shorter since it was opened is an error, never zeros)."""
+        descriptor = getattr(self, "_descriptor", None)
+        if descriptor is None:
+            descriptor = self._descriptor = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        done = 0
+        while done < len(view):
+            if hasattr(os, "preadv"):
+                count = os.preadv(descriptor, [view[done:]], offset + done)
+            else:  # Windows: no positioned read in os; this descriptor is ours alone
+                os.lseek(descriptor, offset + done, os.SEEK_SET)
+                count = _read_into(descriptor, view[done:])
+            if count <= 0:
+                raise ZLoraError("file changed while it was read (it is shorter now)", self.path)
+            done += count
+
     def load_bias(self, module: str):
         """The module's bias ΔW [out] (scale applied) as float32 on the CPU, or None when it has none."""
         import torch
@@ -280,6 +326,10 @@ class LoraFile:
         return handle
 
     def close(self) -> None:
+        descriptor = getattr(self, "_descriptor", None)
+        if descriptor is not None:
+            self._descriptor = None
+            os.close(descriptor)
         handle = getattr(self, "_safe_handle", None)
         if handle is not None:
             exit_ = getattr(handle, "__exit__", None)
@@ -335,6 +385,13 @@ class LoraFile:
 
     def training_info(self) -> dict[str, object]:
         return summarize_metadata(self.header.metadata)
+
+
+def _read_into(descriptor: int, view: memoryview) -> int:
+    """os.read into ``view`` (systems without preadv): the count read."""
+    data = os.read(descriptor, len(view))
+    view[:len(data)] = data
+    return len(data)
 
 
 def all_finite(tensor) -> bool:

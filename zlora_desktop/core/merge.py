@@ -199,6 +199,17 @@ def check_compatible(loras: list[LoraFile]) -> None:
             seen.setdefault(name, (info.shape, lora.path))
 
 
+def mixed_variants_warning(loras: list[LoraFile]) -> str | None:
+    """A warning when the inputs were trained for different Z-Image variants (model.VARIANTS):
+    the output then carries modules that only one base model has, or weights fitted to another."""
+    variants = {lora.variant for lora in loras}
+    if len(variants) < 2:
+        return None
+    named = "; ".join(f"{os.path.basename(lora.path)}: {model.VARIANTS[lora.variant]}" for lora in loras)
+    return (f"the inputs target different Z-Image variants ({named}); the merged LoRA mixes them: the "
+            "Omni-only siglip blocks act only on Z-Image-Omni-Base, and each input was fitted to its own base")
+
+
 # ---- the merge -----------------------------------------------------------------------------
 
 
@@ -233,6 +244,9 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
                          dtypes.torch_name(dtype))
     for lora, _, _ in inputs:
         report.warnings.extend(f"{os.path.basename(lora.path)}: {w}" for w in lora.warnings)
+    mixed = mixed_variants_warning([lora for lora, _, _ in inputs])
+    if mixed:
+        report.warnings.append(mixed)
 
     # Hashes overlap the merge instead of adding to it. The hashing thread never calls ``cancel``
     # (the caller's, maybe not thread-safe); it stops on ``stop_hashing``, set from this thread.
@@ -293,9 +307,17 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
         placeholder = output_metadata(recipe, inputs, ["0" * 64] * len(inputs))
 
         def compute(name: str, rank=recipe.rank):
+            if recipe.method == "exact":
+                # No arithmetic beyond one scaling per input, on the CPU straight into the output dtype.
+                down, up, terms, sources, entered = stack_exact(name, contributions[name], dtype)
+                _check_stacked(name, down, up, terms, sources, dtype)
+                stats = ModuleStats(name, down.shape[0], down.shape[0])
+                stats.inputs = entered
+                bias = _bias_delta(name, contributions[name], dtype) if name in biases else None
+                return down, up, stats, bias
             terms, sources, entered, krons = [], [], [], []
             for lora, factor in contributions[name]:
-                if recipe.method == "svd" and lora.modules[name].kind == "lokr-full":
+                if lora.modules[name].kind == "lokr-full":
                     kron = lora.load_kron(name)  # checked; None: a fused part off w1's rows
                     if kron is not None:
                         krons.append((kron[0], kron[1], factor * kron[2], lora.path))
@@ -307,27 +329,20 @@ def merge(recipe: Recipe, progress: ProgressCallback | None = None,
                 terms.append((down, up, factor * scale))
                 sources.append(lora.path)
                 entered.append(ModuleInput(os.path.basename(lora.path), lora.modules[name].kind, int(down.shape[0])))
-            if recipe.method == "svd":
-                if krons:
-                    down, up, stats, terms, sources = _svd_with_krons(name, terms, sources, krons, rank,
-                                                                      recipe.energy, device, all_threads)
-                else:
-                    down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
-                    _check_stacked(name, down, up, terms, sources, torch.float32)
-                    try:
-                        down, up, stats = _svd_threaded(down, up, rank, recipe.energy, all_threads)
-                    except torch.linalg.LinAlgError:  # no SVD of values whose products overflow float32
-                        raise _overflow(name, terms, sources, torch.float32) from None
-                stats.module = name
-                down, up = down.to("cpu", dtype), up.to("cpu", dtype)
-                if not (all_finite(down) and all_finite(up)):  # finite factors, yet a product past the dtype
-                    raise _overflow(name, terms, sources, dtype)
+            if krons:
+                down, up, stats, terms, sources = _svd_with_krons(name, terms, sources, krons, rank,
+                                                                  recipe.energy, device, all_threads)
             else:
-                # Exact: no arithmetic beyond one scaling per factor, so it is done on the CPU
-                # straight into the output dtype (bit for bit what float32 then a cast gives).
-                down, up = stack_terms(terms, dtype, "cpu")
-                _check_stacked(name, down, up, terms, sources, dtype)
-                stats = ModuleStats(name, down.shape[0], down.shape[0])
+                down, up = stack_terms(terms, torch.float32, device, up_column_major=True)
+                _check_stacked(name, down, up, terms, sources, torch.float32)
+                try:
+                    down, up, stats = _svd_threaded(down, up, rank, recipe.energy, all_threads)
+                except torch.linalg.LinAlgError:  # no SVD of values whose products overflow float32
+                    raise _overflow(name, terms, sources, torch.float32) from None
+            stats.module = name
+            down, up = down.to("cpu", dtype), up.to("cpu", dtype)
+            if not (all_finite(down) and all_finite(up)):  # finite factors, yet a product past the dtype
+                raise _overflow(name, terms, sources, dtype)
             bias = _bias_delta(name, contributions[name], dtype) if name in biases else None
             stats.inputs = entered
             return down, up, stats, bias
@@ -593,6 +608,51 @@ def stack_terms(terms, dtype, device: str = "cpu", up_column_major: bool = False
         _scaled_copy(up_out[:, offset:offset + part], up, root if factor > 0 else -root)
         offset += part
     return down_out, up_out
+
+
+def stack_exact(module: str, contributions, dtype):
+    """The exact method's pair for ``module``: Σ cᵢ·Bᵢ·Aᵢ as (A [Σr, in], B [out, Σr]) in ``dtype``,
+    ranks concatenated, with the (down, up, c) terms, sources and ModuleInputs it came from.
+
+    bf16 and fp32 have float32's range: cᵢ goes whole onto Bᵢ, scaled once into its columns of B,
+    and Aᵢ enters unrounded; stored in ``dtype`` as a plain pair, Aᵢ is read from its file straight
+    into its rows of A (no copy in between: this is most of an exact merge's time). fp16 (largest
+    65504) splits √|cᵢ| over both factors, as ``stack_terms`` does, to stay far from its range's ends.
+    """
+    import torch
+
+    whole_on_up = dtype != torch.float16
+    parts = []  # (lora, c, rank, stored (down, up) or None when down is read into place)
+    for lora, factor in contributions:
+        info = lora.modules[module]
+        if whole_on_up and lora.reads_down_directly(module, dtype):
+            parts.append((lora, factor * info.scale, info.rank, None))
+        else:
+            down, up, scale = lora.load_stored(module, check_finite=False)
+            parts.append((lora, factor * scale, int(down.shape[0]), (down, up)))
+    out_dim, in_dim = contributions[0][0].modules[module].shape
+    if not whole_on_up:
+        terms = [(down, up, c) for _, c, _, (down, up) in parts]
+        down_out, up_out = stack_terms(terms, dtype)
+    else:
+        down_out = torch.empty((sum(part[2] for part in parts), in_dim), dtype=dtype)
+        up_out = torch.empty((out_dim, down_out.shape[0]), dtype=dtype)
+        terms, offset = [], 0
+        for lora, c, rank, stored in parts:
+            rows = down_out[offset:offset + rank]
+            if stored is None:
+                lora.read_down_into(module, rows)
+                down, up = rows, lora.load_stored_up(module)
+            else:
+                down, up = stored
+                _scaled_copy(rows, down, 1.0)
+            _scaled_copy(up_out[:, offset:offset + rank], up, c)
+            terms.append((down, up, c))
+            offset += rank
+    sources = [lora.path for lora, _ in contributions]
+    entered = [ModuleInput(os.path.basename(lora.path), lora.modules[module].kind, rank)
+               for lora, _, rank, _ in parts]
+    return down_out, up_out, terms, sources, entered
 
 
 def _scaled_copy(target, source, multiplier: float) -> None:

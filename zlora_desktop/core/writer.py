@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import queue
 import shutil
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,6 +40,11 @@ REPLACE_DELAY_SECONDS = 0.25
 # Only Windows refuses to replace a file another program holds open; elsewhere a PermissionError
 # is a real permission problem, not worth waiting on.
 RETRY_REPLACE_IN_USE = sys.platform == "win32"
+# A durable write starts the disk write of each tensor this large as soon as it is written, so the
+# disk works while the merge computes and the final fsync has little left to wait for.
+WRITEBACK_MIN_BYTES = 256 * 1024
+# Tensors a background writer holds at most (about two modules' factors) before ``write`` waits.
+BACKGROUND_QUEUE = 4
 
 
 # ---- the plan ------------------------------------------------------------------------------
@@ -187,16 +194,28 @@ class SafetensorsStream:
     The header is written last (``finish``): its metadata may then differ from the planned one
     as long as it encodes to the same length (e.g. input digests known only at the end).
     ``cancel`` is polled before each tensor. ``finish`` flushes and fsyncs the file.
+    ``early_writeback``: start the disk write of each large tensor when it is written (Linux),
+    for a file that ``finish`` will fsync.
+    ``background``: a thread writes the tensors while the caller computes the next ones (the
+    stream keeps each tensor until written: the caller must not change it after ``write``).
+    A write that fails is a ZLoraError naming ``report_path`` (default ``path``).
     """
 
     def __init__(self, path: str, specs: dict[str, tuple], metadata: dict[str, str],
-                 cancel: Callable[[], bool] | None = None):
+                 cancel: Callable[[], bool] | None = None, early_writeback: bool = False,
+                 background: bool = False, report_path: str | None = None):
         check_little_endian()
         self.path = path
+        self.report_path = report_path or path
         self.slots, self.data_bytes = layout(specs)
         self.header_bytes = len(encode_header(self.slots, metadata))
         self.cancel = cancel
+        self.start_writeback = _writeback_starter() if early_writeback else None
         self.written: set[str] = set()
+        self._queue: queue.Queue | None = queue.Queue(maxsize=BACKGROUND_QUEUE) if background else None
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self._abandoned = False
         self.handle = open(path, "wb")
         try:
             self.handle.truncate(self.header_bytes + self.data_bytes)
@@ -209,8 +228,6 @@ class SafetensorsStream:
         return self.header_bytes + self.data_bytes
 
     def write(self, name: str, tensor) -> None:
-        import torch
-
         if self.cancel is not None and self.cancel():
             raise CancelledError()
         slot = self.slots[name]
@@ -220,12 +237,55 @@ class SafetensorsStream:
                                f"got {tensor.dtype} {list(tensor.shape)}")
         tensor = tensor.detach().to("cpu").contiguous()
         if slot.nbytes:
-            self.handle.seek(self.header_bytes + slot.offset)
-            # A buffer, not bytes: file.write releases the GIL for the system call (a GUI stays fluid).
-            self.handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            if self._queue is None:
+                self._write_at(self.header_bytes + slot.offset, tensor)
+            else:
+                self._raise_failure()
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._write_queued, name="zlora-writer", daemon=True)
+                    self._thread.start()
+                self._queue.put((self.header_bytes + slot.offset, tensor))
         self.written.add(name)
 
+    def _write_at(self, offset: int, tensor) -> None:
+        import torch
+
+        try:
+            self.handle.seek(offset)
+            # A buffer, not bytes: file.write releases the GIL for the system call (a GUI stays fluid).
+            self.handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            if self.start_writeback is not None and tensor.nbytes >= WRITEBACK_MIN_BYTES:
+                self.handle.flush()
+                self.start_writeback(self.handle.fileno(), offset, tensor.nbytes)
+        except OSError as exc:
+            raise ZLoraError(f"cannot write output ({exc.strerror or exc})", self.report_path) from None
+
+    def _write_queued(self) -> None:
+        """(the writer thread) Write queued tensors until the end mark; after a failure or once
+        abandoned, only empty the queue (the failure is raised in the caller's thread)."""
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._failure is None and not self._abandoned:
+                try:
+                    self._write_at(*item)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                    self._failure = exc
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _stop_writer(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
     def finish(self, metadata: dict[str, str], durable: bool = True) -> None:
+        self._stop_writer()
+        self._raise_failure()
         missing = sorted(set(self.slots) - self.written)
         if missing:
             raise RuntimeError(f"{len(missing)} planned tensors were never written, e.g. {missing[0]}")
@@ -240,8 +300,34 @@ class SafetensorsStream:
         self.handle.close()
 
     def close(self) -> None:
+        self._abandoned = True  # what is still queued is not written: the file is being given up
+        self._stop_writer()
         if not self.handle.closed:
             self.handle.close()
+
+
+def _writeback_starter() -> Callable[[int, int, int], int] | None:
+    """Linux's ``sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE)``: queue the range's dirty
+    pages for the disk and return at once (the fsync at the end still waits for them all).
+    None where the system has no such call (the fsync then does all the waiting)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    sync_file_range_write = 2
+
+    def start(fd: int, offset: int, count: int) -> int:
+        # A hint: a failure (-1) only leaves the waiting to the fsync.
+        return call(fd, offset, count, sync_file_range_write)
+
+    return start
 
 
 class ModuleWriter:
@@ -407,7 +493,8 @@ class AtomicOutput:
         check_free_space(self.folder, len(encode_header(slots, metadata)) + data_bytes)
         self.tmp = temp_path_for(self.output)
         try:
-            self.stream = SafetensorsStream(self.tmp, specs, metadata, self.cancel)
+            self.stream = SafetensorsStream(self.tmp, specs, metadata, self.cancel, early_writeback=self.durable,
+                                            background=True, report_path=self.output)
         except OSError as exc:
             raise ZLoraError(f"cannot write output ({exc.strerror or exc})", self.output) from None
         return self.stream
