@@ -59,7 +59,7 @@ def test_compare_grid_has_a_cell_per_ratio_and_seed(client, layer1_lora):
 
     recipe = Recipe([RecipeInput(layer1_lora, 1.0)], output="")
     grid = compare(client, ratio_rows(recipe, 0, [0.0, 1.0]), seed_columns(small(), [1, 2, 3]))
-    assert grid.row_labels == ["×0", "×1"] and grid.column_labels == ["seed 1", "seed 2", "seed 3"]
+    assert grid.row_labels == ["ratio 0", "ratio 1"] and grid.column_labels == ["seed 1", "seed 2", "seed 3"]
     assert all(Image.open(io.BytesIO(cell)).size == (64, 64) for row in grid.cells for cell in row)
     # Rows differ by the LoRA, columns by the seed.
     assert abs(pixels(grid.cells[0][0]) - pixels(grid.cells[1][0])).mean() > 3

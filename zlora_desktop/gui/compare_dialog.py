@@ -16,7 +16,8 @@ from PySide6.QtCore import Qt, Slot
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QGridLayout, QHBoxLayout,
                                QLabel, QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QPlainTextEdit,
-                               QProgressBar, QPushButton, QScrollArea, QStackedWidget, QVBoxLayout)
+                               QProgressBar, QPushButton, QScrollArea, QStackedWidget, QVBoxLayout,
+                               QWidget)
 
 from ..core.errors import ZLoraError
 from .preview_panel import PreviewWorker, Selection, _Relay
@@ -37,6 +38,16 @@ def parse_numbers(text: str, what: str, kind=float) -> list:
     if not values:
         raise ZLoraError(f"{what}: give at least one")
     return values
+
+
+def top_aligned(widget: QWidget) -> QWidget:
+    """``widget`` at its own height at the top of a page (a line edit in a stack of lists)."""
+    page = QWidget()
+    layout = QVBoxLayout(page)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(widget)
+    layout.addStretch(1)
+    return page
 
 
 class CompareDialog(QDialog):
@@ -78,7 +89,7 @@ class CompareDialog(QDialog):
         self.ratios_edit.setToolTip("The LoRA's ratio in each row, separated by commas")
         self.rows_stack = QStackedWidget()
         self.rows_stack.addWidget(self.preset_list)
-        self.rows_stack.addWidget(self.ratios_edit)
+        self.rows_stack.addWidget(top_aligned(self.ratios_edit))
         self.rows_kind.currentIndexChanged.connect(self.rows_stack.setCurrentIndex)
         self.rows_kind.setCurrentIndex(1)  # ratios: they need no choice to try
 
@@ -91,10 +102,13 @@ class CompareDialog(QDialog):
         self.prompts_edit = QPlainTextEdit(self.panel.prompt_edit.toPlainText())
         self.prompts_edit.setPlaceholderText("One prompt per line: one column each")
         self.columns_stack = QStackedWidget()
-        self.columns_stack.addWidget(self.seeds_edit)
+        self.columns_stack.addWidget(top_aligned(self.seeds_edit))
         self.columns_stack.addWidget(self.prompts_edit)
         self.columns_kind.currentIndexChanged.connect(self.columns_stack.setCurrentIndex)
 
+        # The lists are short: the grid below gets the room.
+        for stack in (self.rows_stack, self.columns_stack):
+            stack.setMaximumHeight(self.fontMetrics().height() * 7)
         choices = QGridLayout()
         choices.addWidget(QLabel(f"Rows ({html.escape(self.selection.name)})"), 0, 0)
         choices.addWidget(self.rows_kind, 0, 1)
