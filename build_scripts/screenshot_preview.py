@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Screenshots of the Preview page after a block analysis and of a Compare grid, for the README.
+"""Screenshots of the Preview page after a render and after a block analysis, and of a Compare grid,
+for the README.
 
 Renders through a real ComfyUI started with the tests' code (tests/preview/server.py: the tiny
 random models, hence the noise in the images), so it needs what those tests need (docs/PREVIEW.md,
 "Tests against a real ComfyUI"). Run from the repository root on a display (e.g. Xvfb + a window
 manager; QT_SCALE_FACTOR=2 for a 2× screen)::
 
-    python build_scripts/screenshot_preview.py            # docs/screenshot-analysis.png, docs/screenshot-compare.png
+    python build_scripts/screenshot_preview.py   # docs/screenshot-{preview,analysis,compare}.png
     python build_scripts/screenshot_preview.py --out /tmp --size 1280x800
 """
 
@@ -106,14 +107,22 @@ def main() -> int:
         panel.prompt_edit.setPlainText("a teapot on a wooden table, zstyle")
         panel.size_combo.setEditText("128 × 128")
         panel.seed_spin.setValue(7)
-        assert panel.analyze()
-        wait(lambda: not panel.busy and panel.analysis is not None)
-        deadline = time.time() + 0.8
-        while time.time() < deadline:
-            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        save_small(window.grab(), out / "screenshot-analysis.png")
+
+        def settled_grab(name: str) -> None:
+            deadline = time.time() + 0.8
+            while time.time() < deadline:
+                app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            save_small(window.grab(), out / name)
+
+        panel.diff_combo.setCurrentIndex(panel.diff_combo.findData("base"))
+        assert panel.render()
+        wait(lambda: not panel.busy and len(panel.current) == 3)
+        settled_grab("screenshot-preview.png")
+        assert panel.analyze()
+        wait(lambda: not panel.busy and panel.analysis is not None)
+        settled_grab("screenshot-analysis.png")
 
         dialog = panel.open_compare()
         dialog.set_rows(ROWS_RATIOS, "0, 0.5, 1")
