@@ -163,3 +163,28 @@ def test_analysis_and_compare_need_a_connection_and_a_selected_lora(qtbot, windo
     assert window.preview_selection() is None  # nothing in the list
     assert "select a usable LoRA" in window.statusBar().currentMessage()
     assert not panel.keep_blocks() and not panel.keep_button.isEnabled()
+
+
+@pytest.mark.comfyui
+def test_closing_compare_mid_render_stops_it(qtbot, window, comfyui, layer1_lora):
+    from zlora_desktop.comfyui.client import ComfyClient
+    from zlora_desktop.gui.compare_dialog import COLUMNS_SEEDS, ROWS_RATIOS
+
+    selected(qtbot, window, layer1_lora)
+    panel = connect(qtbot, window, comfyui.url)
+    panel.size_combo.setEditText("256 × 256")
+    panel.steps_spin.setValue(400)
+    dialog = panel.open_compare()
+    dialog.set_rows(ROWS_RATIOS, "1")
+    dialog.set_columns(COLUMNS_SEEDS, "1, 2")
+    assert dialog.run()
+    qtbot.waitUntil(lambda: "step" in dialog.progress.format(), timeout=60000)
+    (worker,) = panel._workers
+    dialog.close()
+    # The worker sees the cancel, the server's queue empties, and the panel forgets the job.
+    qtbot.waitUntil(lambda: not worker.thread.is_alive(), timeout=30000)
+    qtbot.waitUntil(lambda: not panel._workers, timeout=5000)
+    with ComfyClient(comfyui.url) as client:
+        running, pending = client.queue_ids()
+    assert not running and not pending
+    assert panel.gallery.count() == 0

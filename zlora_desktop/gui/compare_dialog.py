@@ -57,7 +57,9 @@ class CompareDialog(QDialog):
         super().__init__(panel)
         self.panel = panel
         self.selection = selection
-        self.relay = _Relay(self)
+        # Owned by the panel: a worker still running when the dialog is closed (and deleted) reports
+        # its end to a living object, which then goes (done below).
+        self.relay = _Relay(panel)
         self.relay.progress.connect(self._on_progress)
         self.relay.cell.connect(self._on_cell)
         self.relay.sheet.connect(self._on_sheet)
@@ -336,7 +338,17 @@ class CompareDialog(QDialog):
 
     def done(self, result: int) -> None:
         """Closing stops the running grid (the server's render is interrupted)."""
-        if self._worker is not None:
-            self._worker.cancel.set()
-            self._worker = None
+        worker, self._worker = self._worker, None
+        relay, panel = self.relay, self.panel
+        if worker is None:
+            relay.deleteLater()
+        else:
+            worker.cancel.set()
+
+            def ended(token: int, _cancelled: bool) -> None:
+                if token == worker.token:
+                    panel._workers = [w for w in panel._workers if w.token != token]
+                    relay.deleteLater()
+
+            relay.finished.connect(ended)
         super().done(result)
