@@ -10,6 +10,13 @@ import pytest
 
 from zlora_desktop.core import model
 
+# One real ComfyUI server per session for every test marked ``comfyui`` (tests/preview and the GUI's
+# preview tests): fixtures registered here are one definition, so the server starts once.
+import preview.fixtures as comfyui_fixtures  # noqa: E402
+
+comfyui, model_files, tiny = comfyui_fixtures.comfyui, comfyui_fixtures.model_files, comfyui_fixtures.tiny
+pytest_runtest_makereport = comfyui_fixtures.pytest_runtest_makereport  # a failed test shows the server's log
+
 
 # The device the engine tests merge on: cpu (default), cuda or mps. A device asked for but absent
 # skips those tests with the reason, never a quiet run on the CPU; tests that need the CPU (peak

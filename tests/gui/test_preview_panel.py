@@ -1,61 +1,20 @@
 """The Preview panel against a real ComfyUI server (tests/preview's fixtures: the tiny models and
 LoRAs, the server started once per session). Skipped with the reason without a ComfyUI, failed
-with ZLORA_TEST_COMFYUI_REQUIRED=1 (tests/preview/conftest.py decides)."""
+with ZLORA_TEST_COMFYUI_REQUIRED=1 (tests/preview/fixtures.py decides)."""
 
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
-# The server fixtures of tests/preview, shared rather than copied (``preview`` is that package):
-# pytest finds fixtures by the module's names.
-from preview import conftest as preview_fixtures
-
-comfyui = preview_fixtures.comfyui
-model_files = preview_fixtures.model_files
-tiny = preview_fixtures.tiny
-tiny_lora = preview_fixtures.tiny_lora
+# The server (``comfyui``, ``tiny``) is tests/conftest.py's, shared with tests/preview.
+from preview.fixtures import tiny_lora
 
 from .helpers import wait_loaded
-
-STALL_MS = 50  # the longest the GUI thread may go without handling its events
-
-
-def connect(qtbot, window, url: str):
-    panel = window.preview
-    panel.url_edit.setText(url)
-    panel.connect_button.click()
-    qtbot.waitUntil(lambda: not panel.busy, timeout=20000)
-    return panel
-
-
-class LoopGaps:
-    """The longest time between two runs of a 5 ms timer: how long the event loop was blocked."""
-
-    def __init__(self):
-        self.timer = QTimer()
-        self.timer.setInterval(5)
-        self.timer.timeout.connect(self._tick)
-        self.last = None
-        self.longest = 0.0
-
-    def _tick(self):
-        now = time.perf_counter()
-        if self.last is not None:
-            self.longest = max(self.longest, now - self.last)
-        self.last = now
-
-    def __enter__(self):
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.timer.stop()
-
+from .preview_helpers import STALL_MS, LoopGaps, connect
 
 @pytest.fixture
 def lora(tmp_path, tiny):
@@ -72,15 +31,28 @@ def test_a_wrong_address_is_said_in_the_panel(qtbot, window):
     assert panel.connection is None and not panel.render_button.isEnabled()
 
 
-def test_ctrl_7_shows_the_preview_tab_over_the_impact_view(qtbot, window):
-    window.activateWindow()
-    assert window.preview_dock.visibleRegion().isEmpty()  # tabbed behind the Impact view at first
+def test_ctrl_7_raises_the_preview_page_and_ctrl_2_the_weights_at_their_full_size(qtbot, window, samples):
     from PySide6.QtTest import QTest
 
+    window.session.add_paths([samples.style])
+    (entry,) = wait_loaded(qtbot, window, 1)
+    window.session.set_current(entry.id)
+    window.resize(1280, 800)
+    window.activateWindow()
+    editor_height = window.editor_page.height()
+    assert window.workspace.currentWidget() is window.editor_page and not window.preview.isVisible()
     QTest.keyClick(window, Qt.Key.Key_7, Qt.KeyboardModifier.ControlModifier)
     assert window.panel_of(QApplication.focusWidget()) is window.preview
-    qtbot.waitUntil(lambda: not window.preview_dock.visibleRegion().isEmpty())
-    assert window.impact_dock.visibleRegion().isEmpty()
+    qtbot.waitUntil(window.preview.isVisible)
+    # The preview takes the editor's place, not the impact view's: both stay in sight.
+    assert window.preview_page.height() == editor_height
+    assert not window.impact_dock.visibleRegion().isEmpty()
+    QTest.keyClick(window, Qt.Key.Key_2, Qt.KeyboardModifier.ControlModifier)
+    grid = window.editor.all_blocks.grid
+    qtbot.waitUntil(grid.isVisible)
+    assert QApplication.focusWidget() is grid and window.editor_page.height() == editor_height
+    # The editor keeps the room its grid and text line ask for.
+    assert window.editor_page.height() >= window.editor.minimumSizeHint().height()
 
 
 @pytest.mark.comfyui

@@ -12,28 +12,10 @@ from zlora_desktop.comfyui.analysis import BlockGroup, analyze_blocks, compare, 
 from zlora_desktop.core.recipe import Recipe, RecipeInput
 from zlora_desktop.core.weights import BlockWeights
 
-from .conftest import tiny_lora
+from .fixtures import only_layer, tiny_lora
 from .test_preview import pixels, small
 
 pytestmark = pytest.mark.comfyui
-
-
-def only_layer(path, source, layer: int) -> str:
-    """``source`` (kohya names) with every down factor outside ``layers.<layer>`` zeroed: a LoRA
-    that touches one layer while the file still holds every block (so the analysis has groups
-    that do nothing). Down, not up: a fused qkv's rank is read from its up matrix's nonzero
-    columns, and an all-zero one would split into rank-0 q/k/v that ComfyUI cannot load."""
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(source)
-    zeroed = 0
-    for key, tensor in tensors.items():
-        if "lora_down" in key and f"_layers_{layer}_" not in key:
-            tensors[key] = tensor * 0
-            zeroed += 1
-    assert zeroed
-    save_file(tensors, str(path))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +59,7 @@ def test_compare_grid_has_a_cell_per_ratio_and_seed(client, layer1_lora):
 
     recipe = Recipe([RecipeInput(layer1_lora, 1.0)], output="")
     grid = compare(client, ratio_rows(recipe, 0, [0.0, 1.0]), seed_columns(small(), [1, 2, 3]))
-    assert grid.row_labels == ["×0", "×1"] and grid.column_labels == ["seed 1", "seed 2", "seed 3"]
+    assert grid.row_labels == ["ratio 0", "ratio 1"] and grid.column_labels == ["seed 1", "seed 2", "seed 3"]
     assert all(Image.open(io.BytesIO(cell)).size == (64, 64) for row in grid.cells for cell in row)
     # Rows differ by the LoRA, columns by the seed.
     assert abs(pixels(grid.cells[0][0]) - pixels(grid.cells[1][0])).mean() > 3

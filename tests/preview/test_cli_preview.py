@@ -8,7 +8,7 @@ import pytest
 
 from zlora_desktop.cli import main as cli_main
 
-from .conftest import tiny_lora
+from .fixtures import tiny_lora
 
 pytestmark = pytest.mark.comfyui
 

@@ -16,7 +16,7 @@ from zlora_desktop.comfyui.preview import preview
 from zlora_desktop.core.errors import CancelledError, ZLoraError
 from zlora_desktop.core.recipe import Recipe, RecipeInput
 
-from .conftest import tiny_lora
+from .fixtures import tiny_lora
 
 pytestmark = pytest.mark.comfyui
 

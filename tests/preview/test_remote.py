@@ -15,7 +15,7 @@ from zlora_desktop.comfyui.loras import AssetUpload
 from zlora_desktop.comfyui.preview import preview
 from zlora_desktop.core.recipe import Recipe, RecipeInput
 
-from .conftest import running_server, tiny_lora
+from .fixtures import running_server, tiny_lora
 
 pytestmark = pytest.mark.comfyui
 

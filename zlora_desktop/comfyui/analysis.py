@@ -313,7 +313,8 @@ def preset_rows(recipe, index: int, presets: list[str]) -> list[tuple[str, objec
 
 
 def ratio_rows(recipe, index: int, ratios: list[float]) -> list[tuple[str, object]]:
-    return [(f"×{ratio:g}", _with_input(recipe, index, ratio=float(ratio))) for ratio in ratios]
+    # "ratio", not "×": Pillow's built-in font (the sheet's labels) has no × glyph.
+    return [(f"ratio {ratio:g}", _with_input(recipe, index, ratio=float(ratio))) for ratio in ratios]
 
 
 def prompt_columns(settings: RenderSettings, prompts: list[str]) -> list[tuple[str, RenderSettings]]:
@@ -359,7 +360,7 @@ def compare(client: ComfyClient, rows: list[tuple[str, object]], columns: list[t
         merged = copy(recipe)
         merged.inputs = [item for item in recipe.inputs if item.enabled and item.ratio != 0]
         merged.method, merged.format = "exact", "aitoolkit"
-        # Every ratio 0 (a "×0" row): the base model, which the merge would refuse to write.
+        # Every ratio 0 (a "ratio 0" row): the base model, which the merge would refuse to write.
         names.append(route.place_merged(merged, progress=merge_progress, cancel=cancel, known_digests=known_digests)
                      if merged.inputs else None)
     if isinstance(route, LoraFolder):

@@ -1,5 +1,6 @@
-"""The main window: LoRA list on top, the weight editor in the middle, impact view below, presets
-and output on the right (all docks, so the layout can be rearranged and is remembered).
+"""The main window: LoRA list on top, the weight editor in the middle (tabbed with the Preview
+panel), impact view below, presets and output on the right (docks, so the layout can be
+rearranged and is remembered).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from PySide6.QtCore import QByteArray, QEvent, QEventLoop, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QFrame, QLabel,
-                               QMainWindow, QMessageBox, QScrollArea, QWidget)
+                               QMainWindow, QMessageBox, QScrollArea, QTabWidget, QWidget)
 
 from .. import __version__
 from ..core import paths
@@ -28,7 +29,7 @@ from .lora_panel import LoraPanel
 from .merge_worker import MergeController
 from .output_panel import OutputPanel
 from .preset_panel import PresetPanel
-from .preview_panel import PreviewPanel
+from .preview_panel import PreviewPanel, Selection
 from .session import Session
 from .settings import Settings, demo_folder
 from .tasks import TaskRunner
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 keep_singletons_alive()  # before any widget exists (see compat.py)
 
-STATE_VERSION = 2  # 2: History beside Presets
+STATE_VERSION = 3  # 2: History beside Presets; 3: Preview tabbed with the weights, no longer a dock
 LORA_SUFFIX = ".safetensors"
 AUTOSAVE_FILE = "autosave.json"
 DEFAULT_SIZE = (1280, 800)
@@ -102,7 +103,18 @@ class MainWindow(QMainWindow):
         # Created in the order Tab visits them: the list, the editor, the impact view, presets, output.
         self.lora_panel = LoraPanel(self.session)
         self.editor = WeightEditor(self.session)
-        self.setCentralWidget(scrollable(self.editor))
+        # Preview takes the weight editor's place when raised (Ctrl+7; Ctrl+2 back): each gets the
+        # middle's whole room at 1280×800, and the impact view below stays in sight of both.
+        self.preview = PreviewPanel(self.settings, self.preview_recipe, self.session, self.preview_selection)
+        self.workspace = QTabWidget()
+        self.workspace.setDocumentMode(True)
+        self.editor_page = scrollable(self.editor)
+        self.preview_page = scrollable(self.preview)
+        self.workspace.addTab(self.editor_page, "Weights")
+        self.workspace.addTab(self.preview_page, "Preview")
+        self.workspace.setTabToolTip(0, "The selected LoRA's block weights (Ctrl+2)")
+        self.workspace.setTabToolTip(1, "Render through your ComfyUI, block analysis, compare grids (Ctrl+7)")
+        self.setCentralWidget(self.workspace)
         self.impact = ImpactView(self.session)
         self.presets = PresetPanel(self.session, lambda: self.settings.folder("presets"))
         self.output = OutputPanel(self.session, self.merge_controller)
@@ -119,13 +131,6 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.preset_dock, self.history_dock)
         self.preset_dock.raise_()
         self.history_dock.hide()
-        # Preview shares the Impact view's place (tabs): the window still fits 1280×800.
-        self.preview = PreviewPanel(self.settings, self.preview_recipe)
-        self.preview_dock = self._dock("Preview", "preview", scrollable(self.preview),
-                                       Qt.DockWidgetArea.BottomDockWidgetArea)
-        self.tabifyDockWidget(self.impact_dock, self.preview_dock)
-        self.impact_dock.raise_()
-        self.preview_dock.visibilityChanged.connect(self._make_room_for_preview)
         self.autosave = Autosave(self.session, paths.user_state_file(AUTOSAVE_FILE), self)
 
         self.device_label = QLabel("starting the merge engine…")
@@ -224,7 +229,7 @@ class MainWindow(QMainWindow):
         view_menu = bar.addMenu("&View")
         self.panels = [(self.lora_dock, self.lora_panel), (None, self.editor), (self.impact_dock, self.impact),
                        (self.preset_dock, self.presets), (self.output_dock, self.output),
-                       (self.history_dock, self.history), (self.preview_dock, self.preview)]
+                       (self.history_dock, self.history), (None, self.preview)]
         names = ("&LoRAs", "&Weights", "&Impact", "&Presets", "&Output", "&History", "P&review")
         for number, ((dock, panel), name) in enumerate(zip(self.panels, names), start=1):
             view_menu.addAction(self._action(f"Go to {name}", lambda _c=False, p=panel: self.focus_panel(p),
@@ -233,8 +238,7 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self._action("Pre&vious panel", lambda: self.cycle_panels(-1), "Shift+F6"))
         view_menu.addSeparator()
         shown = view_menu.addMenu("&Show panel")
-        for dock in (self.lora_dock, self.impact_dock, self.preset_dock, self.output_dock, self.history_dock,
-                     self.preview_dock):
+        for dock in (self.lora_dock, self.impact_dock, self.preset_dock, self.output_dock, self.history_dock):
             toggle = dock.toggleViewAction()
             toggle.setText("&" + dock.windowTitle())
             shown.addAction(toggle)
@@ -256,6 +260,8 @@ class MainWindow(QMainWindow):
         if dock is not None:
             dock.show()
             dock.raise_()
+        elif panel is self.editor or panel is self.preview:
+            self.workspace.setCurrentWidget(self.editor_page if panel is self.editor else self.preview_page)
         # Where the keyboard does the panel's main work: the list's rows, the weight grid.
         list_target = self.lora_panel.view if self.session.model.rowCount() else self.lora_panel.add_button
         primary = {self.lora_panel: list_target, self.editor: self.editor.all_blocks.grid}.get(panel)
@@ -281,8 +287,10 @@ class MainWindow(QMainWindow):
 
     def cycle_panels(self, step: int) -> None:
         """F6 / Shift+F6: the next (previous) visible panel, as in most editors."""
-        # A dock tabbed behind another (Preview behind Impact) is not on screen: F6 skips it.
-        visible = [p for d, p in self.panels if d is None or (d.isVisible() and not d.visibleRegion().isEmpty())]
+        # A dock tabbed behind another (History behind Presets), or the Weights/Preview page not
+        # raised, is not on screen: F6 skips it.
+        visible = [p for d, p in self.panels
+                   if p.isVisible() and (d is None or not d.visibleRegion().isEmpty())]
         current = self.panel_of(QApplication.focusWidget())
         index = visible.index(current) if current in visible else -step
         self.focus_panel(visible[(index + step) % len(visible)])
@@ -465,6 +473,18 @@ class MainWindow(QMainWindow):
             return None
         return recipe
 
+    def preview_selection(self) -> Selection | None:
+        """The LoRA block analysis and Compare act on: the selected one, with the whole document's
+        recipe (open editors committed); None when there is none (said)."""
+        if not self.commit_edits():
+            return None
+        entry = self.session.current()
+        if entry is None or not entry.usable:
+            self._show_message("Preview: select a usable LoRA in the list first")
+            return None
+        row = self.session.document.entries.index(entry)
+        return Selection(entry.id, entry.name, self.session.to_recipe(), row)
+
     def _confirm_discard(self) -> bool:
         """True when the current document may be replaced: its changes are saved, or the user says so."""
         if not self.commit_edits():
@@ -628,15 +648,6 @@ class MainWindow(QMainWindow):
         self.resizeDocks([self.lora_dock, self.impact_dock], [list_height, impact_height], Qt.Orientation.Vertical)
         self.resizeDocks([self.preset_dock, self.output_dock], [round(height * 0.4), round(height * 0.6)],
                          Qt.Orientation.Vertical)
-
-    def _make_room_for_preview(self, visible: bool) -> None:
-        """The Preview tab, brought to the front, gets the height its images and controls ask for
-        (the weight grid above scrolls); the Impact view takes what it had when it comes back."""
-        if not visible or self.preview_dock.isFloating() or self.preview_dock.visibleRegion().isEmpty():
-            return
-        wanted = min(self.preview.sizeHint().height() + self.fontMetrics().height() * 2, round(self.height() * 0.6))
-        if self.preview_dock.height() < wanted:
-            self.resizeDocks([self.preview_dock], [wanted], Qt.Orientation.Vertical)
 
     def _restore_layout(self) -> None:
         geometry = self.settings.value("window/geometry")

@@ -30,11 +30,13 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 from ..comfyui.client import DEFAULT_URL
 from ..comfyui.graph import MODEL_FOLDERS, OFFICIAL_CLIP, OFFICIAL_UNET, OFFICIAL_VAE, PRESETS
 from ..core.errors import CancelledError, ZLoraError
+from .analysis_strip import BlockShareStrip
 
 log = logging.getLogger(__name__)
 
 SIZES = ("768 × 768", "1024 × 1024", "512 × 512", "768 × 1024", "1024 × 768")
 MODE_LABELS = {"stacked": "as loaded", "merged": "as set", "base": "base"}
+KEEP_TEXT = "Keep the blocks that matter (block analysis)"  # the undo step's name
 RESULT_SIDE = 180  # pixels: each result's box in the panel
 THUMB_SIDE = 72
 DIFF_GAIN = 4  # |a − b| × this, so that small changes show
@@ -71,6 +73,19 @@ class Render:
     seconds: float
 
 
+@dataclass
+class Selection:
+    """The LoRA block analysis and Compare act on (MainWindow.preview_selection)."""
+    entry_id: int
+    name: str
+    recipe: object  # core.recipe.Recipe: the whole document, open edits committed
+    index: int  # the selected LoRA's input in ``recipe``
+
+    @property
+    def item(self):
+        return self.recipe.inputs[self.index]
+
+
 class _Relay(QObject):
     """Signals emitted by the worker threads; delivered queued to the panel in the GUI thread."""
 
@@ -79,6 +94,11 @@ class _Relay(QObject):
     image = Signal(int, str, bytes, float)  # token, mode, png, seconds
     failed = Signal(int, str)  # token, one sentence
     finished = Signal(int, bool)  # token, cancelled
+    groups = Signal(int, list, float)  # token, block group labels in strip order, threshold
+    group = Signal(int, str, object)  # token, label, its share of the LoRA's effect (float)
+    analysed = Signal(int, object)  # token, the finished comfyui.analysis.BlockAnalysis
+    cell = Signal(int, int, int)  # token, row, column: one compare cell arrived
+    sheet = Signal(int, bytes)  # token, the labelled compare grid PNG
 
 
 def connect_job(url: str, loras_dir: str) -> ConnectResult:
@@ -153,6 +173,62 @@ class PreviewWorker:
                     cancel=self.cancel.is_set)
 
 
+    def analyze(self, url: str, item, settings, model: str, files: dict, loras_dir: str) -> None:
+        """Block analysis of one input: the strip's groups first, then each group's share as its
+        render arrives, then the whole analysis (for Keep the blocks that matter)."""
+        from ..comfyui.analysis import DEFAULT_THRESHOLD, analyze_blocks, block_groups
+        from ..comfyui.client import ComfyClient
+        from ..core.lora_file import LoraFile
+
+        lora = LoraFile.open(item.path)
+        try:
+            groups = block_groups(lora.blocks)
+        finally:
+            lora.close()
+        self.relay.groups.emit(self.token, [group.label for group in groups], DEFAULT_THRESHOLD)
+
+        def on_event(event) -> None:
+            if event.kind == "progress" and not self.cancel.is_set():
+                self.relay.progress.emit(self.token, event.job, event.value, event.maximum)
+
+        def on_image(label: str, png: bytes) -> None:
+            if not self.cancel.is_set():
+                self.relay.image.emit(self.token, label, png, 0.0)
+
+        def on_group(result) -> None:
+            if not self.cancel.is_set():
+                self.relay.group.emit(self.token, result.group.label, result.share)
+
+        with ComfyClient(url) as client:
+            analysis = analyze_blocks(client, item, settings, groups=groups, threshold=DEFAULT_THRESHOLD, model=model,
+                                      unet=files.get("unet"), clip=files.get("clip"), vae=files.get("vae"),
+                                      loras_dir=loras_dir or None, on_event=on_event, on_group=on_group,
+                                      on_image=on_image, cancel=self.cancel.is_set)
+        if not self.cancel.is_set():
+            self.relay.analysed.emit(self.token, analysis)
+
+    def compare(self, url: str, rows: list, columns: list, model: str, files: dict, loras_dir: str) -> None:
+        """A compare grid: each cell reported as it arrives, then the labelled sheet (composed here,
+        off the GUI thread)."""
+        from ..comfyui.analysis import compare
+        from ..comfyui.client import ComfyClient
+
+        def on_event(event) -> None:
+            if event.kind == "progress" and not self.cancel.is_set():
+                self.relay.progress.emit(self.token, event.job, event.value, event.maximum)
+
+        def on_cell(row: int, column: int, png: bytes) -> None:
+            if not self.cancel.is_set():
+                self.relay.cell.emit(self.token, row, column)
+
+        with ComfyClient(url) as client:
+            grid = compare(client, rows, columns, model=model, unet=files.get("unet"), clip=files.get("clip"),
+                           vae=files.get("vae"), loras_dir=loras_dir or None, on_event=on_event, on_cell=on_cell,
+                           cancel=self.cancel.is_set)
+        if not self.cancel.is_set():
+            self.relay.sheet.emit(self.token, grid.sheet())
+
+
 def difference_image(first: QImage, second: QImage, gain: int = DIFF_GAIN) -> QImage:
     """|first − second| per channel, × gain (numpy, imported here: not at start-up)."""
     import numpy as np
@@ -219,28 +295,37 @@ class PreviewPanel(QWidget):
     renderFinished = Signal()  # a render ended (done, failed or cancelled)
     message = Signal(str)
 
-    def __init__(self, settings, recipe_source: Callable[[], object], parent=None):
+    def __init__(self, settings, recipe_source: Callable[[], object], session=None,
+                 selection_source: Callable[[], "Selection | None"] | None = None, parent=None):
         super().__init__(parent)
         self.settings = settings
         self.recipe_source = recipe_source  # commits open edits; a Recipe, or None (message said)
+        self.session = session  # the document block analysis writes its suggested weights into
+        self.selection_source = selection_source  # commits open edits; the selected LoRA, or None (said)
         self.relay = _Relay(self)
         self.relay.connected.connect(self._on_connected)
         self.relay.progress.connect(self._on_progress)
         self.relay.image.connect(self._on_image)
         self.relay.failed.connect(self._on_failed)
         self.relay.finished.connect(self._on_finished)
+        self.relay.groups.connect(self._on_groups)
+        self.relay.group.connect(self._on_group)
+        self.relay.analysed.connect(self._on_analysed)
         self._tokens = 0
         self._url = DEFAULT_URL
         self._worker: PreviewWorker | None = None  # the job whose signals count
         self._workers: list[PreviewWorker] = []  # every job not finished yet (for shutdown)
         self._kind = ""
+        self._result_kind = "render"  # what the results row shows: a render's modes or an analysis
         self._modes: list[str] = []
         self._steps = 1
         self._seed = 0
         self._settings_text = ""
         self.connection: ConnectResult | None = None
         self.renders: list[Render] = []  # this session's, oldest first
-        self.current: dict[str, Render] = {}  # the last render's images by mode
+        self.current: dict[str, Render] = {}  # the last render's images by mode (analysis: by label)
+        self.analysis = None  # the last finished comfyui.analysis.BlockAnalysis
+        self._analysed: Selection | None = None  # the LoRA it analysed
         self._build()
         self._restore()
 
@@ -281,23 +366,27 @@ class PreviewPanel(QWidget):
 
         connection = QGridLayout()
         connection.setColumnStretch(1, 1)
-        connection.setColumnStretch(3, 1)
         connection.addWidget(QLabel("Server"), 0, 0)
-        connection.addWidget(self.url_edit, 0, 1, 1, 2)
-        connection.addWidget(self.connect_button, 0, 3)
-        connection.addWidget(self.server_label, 1, 0, 1, 4)
-        connection.addWidget(QLabel("Model"), 2, 0)
-        connection.addWidget(self.model_preset, 2, 1)
-        connection.addWidget(QLabel("Diffusion"), 2, 2)
-        connection.addWidget(self.model_combos["unet"], 2, 3)
-        connection.addWidget(QLabel("Text enc."), 3, 0)
-        connection.addWidget(self.model_combos["clip"], 3, 1)
-        connection.addWidget(QLabel("VAE"), 3, 2)
-        connection.addWidget(self.model_combos["vae"], 3, 3)
-        connection.addWidget(QLabel("LoRAs"), 4, 0)
-        connection.addWidget(self.loras_edit, 4, 1, 1, 2)
-        connection.addWidget(self.loras_button, 4, 3)
-        connection.addWidget(self.route_label, 5, 0, 1, 4)
+        connection.addWidget(self.url_edit, 0, 1)
+        connection.addWidget(self.connect_button, 0, 2)
+        connection.addWidget(self.server_label, 1, 0, 1, 3)
+        # Set once per server: below the actions, so that Render and Analyze stay in sight when
+        # the page is low (1280×800).
+        models = QGridLayout()
+        models.setColumnStretch(1, 1)
+        models.setColumnStretch(3, 1)
+        models.addWidget(QLabel("Model"), 0, 0)
+        models.addWidget(self.model_preset, 0, 1)
+        models.addWidget(QLabel("Diffusion"), 0, 2)
+        models.addWidget(self.model_combos["unet"], 0, 3)
+        models.addWidget(QLabel("Text enc."), 1, 0)
+        models.addWidget(self.model_combos["clip"], 1, 1)
+        models.addWidget(QLabel("VAE"), 1, 2)
+        models.addWidget(self.model_combos["vae"], 1, 3)
+        models.addWidget(QLabel("LoRAs"), 2, 0)
+        models.addWidget(self.loras_edit, 2, 1, 1, 2)
+        models.addWidget(self.loras_button, 2, 3)
+        models.addWidget(self.route_label, 3, 0, 1, 4)
 
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setPlaceholderText("Prompt (with the LoRAs' trigger words)")
@@ -333,6 +422,26 @@ class PreviewPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         self.cancel_button.setEnabled(False)
+        self.analyze_button = QPushButton("&Analyze blocks")
+        self.analyze_button.setToolTip("Render the selected LoRA with each block group off and measure how much of "
+                                       "its effect each group carries (docs/PREVIEW.md)")
+        self.analyze_button.clicked.connect(self.analyze)
+        self.analyze_button.setEnabled(False)
+        self.compare_button = QPushButton("Co&mpare…")
+        self.compare_button.setToolTip("A grid of presets or ratios of the selected LoRA × prompts or seeds")
+        self.compare_button.clicked.connect(self.open_compare)
+        self.compare_button.setEnabled(False)
+        self.keep_button = QPushButton("&Keep the blocks that matter")
+        self.keep_button.setToolTip("Set the block groups the analysis found under the threshold to 0 (one undo step)")
+        self.keep_button.clicked.connect(self.keep_blocks)
+        self.keep_button.setEnabled(False)
+        self.analysis_label = QLabel("Block analysis: select a LoRA, then Analyze blocks")
+        self.analysis_label.setWordWrap(True)
+        self.strip = BlockShareStrip()
+        self.strip.setToolTip("Each block group's share of the LoRA's effect on this prompt: the image change when "
+                              "the group is off, over the change when the whole LoRA is off. Dashed: under the "
+                              "threshold (suggested 0)")
+        self.strip.hide()
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
         self.progress.setFormat("Connect to render")
@@ -354,6 +463,11 @@ class PreviewPanel(QWidget):
         action_row.addWidget(self.render_button)
         action_row.addWidget(self.cancel_button)
         action_row.addWidget(self.progress, 1)
+        tools_row = QHBoxLayout()
+        tools_row.addWidget(self.analyze_button)
+        tools_row.addWidget(self.compare_button)
+        tools_row.addWidget(self.keep_button)
+        tools_row.addStretch(1)
 
         self.results_row = QHBoxLayout()
         self.results_row.setAlignment(Qt.AlignmentFlag.AlignLeft)
@@ -377,7 +491,9 @@ class PreviewPanel(QWidget):
         left.addLayout(settings_row)
         left.addLayout(modes_row)
         left.addLayout(action_row)
+        left.addLayout(tools_row)
         left.addWidget(self.error_label)
+        left.addLayout(models)
         left.addStretch(1)
         controls = QWidget()
         controls.setLayout(left)
@@ -392,6 +508,8 @@ class PreviewPanel(QWidget):
         self.results_area.setMinimumHeight(RESULT_SIDE + self.fontMetrics().height() * 2 + 24)
         right = QVBoxLayout()
         right.setContentsMargins(0, 0, 0, 0)
+        right.addWidget(self.analysis_label)
+        right.addWidget(self.strip)
         right.addWidget(self.results_area)
         right.addWidget(QLabel("Gallery (this session: click one to enlarge and save)"))
         right.addWidget(self.gallery, 1)
@@ -452,7 +570,7 @@ class PreviewPanel(QWidget):
         self.settings.set_value("preview/url", url)
         self._url = url
         self.server_label.setText(f"Connecting to {url}…")
-        self.render_button.setEnabled(False)
+        self._enable_jobs(False)
         self._start("connect", PreviewWorker.connect, url, self.loras_edit.text().strip())
 
     @Slot(int, object)
@@ -486,7 +604,7 @@ class PreviewPanel(QWidget):
             self.route_label.setText(f"Preview LoRAs go to the {result.route}")
         else:
             self.route_label.setText(f"<span style='color:#c0392b'>{result.route_problem}</span>")
-        self.render_button.setEnabled(not missing)
+        self._enable_jobs(not missing)
         self.progress.setValue(0)
         self.progress.setFormat("Choose a file in " + ", ".join(missing) if missing else "Ready to render")
         self.connectedChanged.emit(True)
@@ -496,54 +614,157 @@ class PreviewPanel(QWidget):
     def modes(self) -> list[str]:
         return [mode for mode in ("merged", "stacked", "base") if self.mode_boxes[mode].isChecked()]
 
-    def render(self) -> bool:
-        """Render the document as it is now (open editors committed first); False when refused."""
-        if self.connection is None or self._kind == "render" and self._worker is not None:
-            return False
-        modes = self.modes()
-        if not modes:
-            self._say("Tick at least one of as loaded, as set, base")
-            return False
-        try:
-            width, height = parse_size(self.size_combo.currentText())
-        except ZLoraError as exc:
-            self._say(str(exc))
-            return False
-        recipe = None
-        if any(mode != "base" for mode in modes):
-            recipe = self.recipe_source()
-            if recipe is None:
-                return False
+    def _job_settings(self):
+        """(model preset, RenderSettings, model files, settings in words) from the controls, or
+        None (said) when they do not make a render."""
         from ..comfyui.graph import preset_settings
 
-        preset = self.model_preset.currentData() or "turbo"
         try:
+            width, height = parse_size(self.size_combo.currentText())
+            preset = self.model_preset.currentData() or "turbo"
             settings = preset_settings(preset, prompt=self.prompt_edit.toPlainText(), seed=self.seed_spin.value(),
                                        steps=self.steps_spin.value(), width=width, height=height,
                                        negative=self.negative_edit.text() if self.cfg_value != 1.0 else "")
             settings.check()
         except ZLoraError as exc:
             self._say(str(exc))
-            return False
+            return None
         files = {role: combo.currentText() for role, combo in self.model_combos.items() if combo.currentIndex() >= 0}
-        self._modes, self._steps, self._seed = modes, settings.steps, settings.seed
-        self._settings_text = (f"{preset.title()} · seed {settings.seed} · {settings.steps} steps · "
-                               f"{width}×{height} · “{settings.prompt[:60]}”")
+        text = (f"{preset.title()} · seed {settings.seed} · {settings.steps} steps · "
+                f"{width}×{height} · “{settings.prompt[:60]}”")
+        return preset, settings, files, text
+
+    def _can_start(self) -> bool:
+        """Connected, and no render or analysis running (a Connect may be replaced)."""
+        return self.connection is not None and not (self._kind in ("render", "analyze") and self._worker is not None)
+
+    def _begin(self, kind: str, labels: list[str], settings, text: str, queueing: str) -> None:
+        """The panel's state for a render or analysis about to start."""
+        self._result_kind = kind
+        self._modes, self._steps, self._seed, self._settings_text = labels, settings.steps, settings.seed, text
         self.current = {}
         self.error_label.hide()
         self._show_results()
-        self.render_button.setEnabled(False)
+        self._enable_jobs(False)
         self.cancel_button.setEnabled(True)
-        self.progress.setRange(0, len(modes) * settings.steps)
+        self.progress.setRange(0, max(1, len(labels)) * settings.steps)
         self.progress.setValue(0)
-        self.progress.setFormat("merging and queueing…" if recipe is not None else "queueing…")
+        self.progress.setFormat(queueing)
         self._started = time.monotonic()
+
+    def _enable_jobs(self, enabled: bool) -> None:
+        for button in (self.render_button, self.analyze_button, self.compare_button):
+            button.setEnabled(enabled)
+
+    def render(self) -> bool:
+        """Render the document as it is now (open editors committed first); False when refused."""
+        if not self._can_start():
+            return False
+        modes = self.modes()
+        if not modes:
+            self._say("Tick at least one of as loaded, as set, base")
+            return False
+        job = self._job_settings()
+        if job is None:
+            return False
+        preset, settings, files, text = job
+        recipe = None
+        if any(mode != "base" for mode in modes):
+            recipe = self.recipe_source()
+            if recipe is None:
+                return False
+        self._begin("render", modes, settings, text, "merging and queueing…" if recipe is not None else "queueing…")
         self._start("render", PreviewWorker.render, self._url, recipe, modes, settings, preset, files,
                     self.loras_edit.text().strip())
         return True
 
+    def analyze(self) -> bool:
+        """Block analysis of the selected LoRA at its ratio and weights now; False when refused."""
+        if not self._can_start() or self.selection_source is None:
+            return False
+        job = self._job_settings()
+        if job is None:
+            return False
+        preset, settings, files, text = job
+        selection = self.selection_source()
+        if selection is None:
+            return False
+        self._analysed, self.analysis = selection, None
+        self.keep_button.setEnabled(False)
+        self.analysis_label.setText(f"Block analysis of {html.escape(selection.name)}: rendering…")
+        self.strip.set_groups([])
+        self.strip.show()
+        # The strip's groups (and so the job count) are known once the worker has read the file.
+        self._begin("analyze", [], settings, f"block analysis of {selection.name} · {text}", "merging the variants…")
+        self._start("analyze", PreviewWorker.analyze, self._url, selection.item, settings, preset, files,
+                    self.loras_edit.text().strip())
+        return True
+
+    def keep_blocks(self) -> bool:
+        """The analysis's suggested weights (weak groups at 0) into the analysed LoRA: one undo step.
+        Refused (said) when that LoRA is gone or its weights changed since the analysis."""
+        if self.analysis is None or self._analysed is None or self.session is None:
+            return False
+        from ..core.weights import BlockWeights
+
+        entry = self.session.document.entry(self._analysed.entry_id)
+        if entry is None:
+            self._say(f"{self._analysed.name} is no longer in the list")
+            return False
+        analysed = BlockWeights.parse(self.analysis.weights) if self.analysis.weights else BlockWeights()
+        if entry.weights != analysed:
+            self._say(f"The weights of {entry.name} changed since the analysis: analyse again")
+            return False
+        weak = [group.label for group in self.analysis.weak_groups()]
+        if not weak:
+            self._say(f"Every block group of {entry.name} matters (none under "
+                      f"{self.analysis.threshold:.0%} of its effect): nothing to switch off")
+            return False
+        suggested = BlockWeights.parse(self.analysis.suggested_weights())
+        self.session.set_weights(entry.id, suggested, f"{KEEP_TEXT}: {', '.join(weak)}=0 on {entry.name}",
+                                 keep_preset=False)
+        self._say(f"{entry.name}: {', '.join(weak)} set to 0 (Undo takes it back)")
+        return True
+
+    def open_compare(self):
+        """The Compare… dialog for the selected LoRA, with this panel's server and settings."""
+        if self.connection is None or self.selection_source is None:
+            return None
+        selection = self.selection_source()
+        if selection is None:
+            return None
+        from .compare_dialog import CompareDialog
+
+        presets = [preset.name for preset in self.session.store.all()] if self.session is not None else []
+        dialog = CompareDialog(self, selection, presets)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
+
+    def compare_job(self):
+        """What Compare renders with: (server URL, model preset, base RenderSettings, model files,
+        loras folder), or None (said)."""
+        job = self._job_settings()
+        if job is None:
+            return None
+        preset, settings, files, _text = job
+        return self._url, preset, settings, files, self.loras_edit.text().strip()
+
+    def add_to_gallery(self, mode: str, png: bytes, label: str, settings: str, seconds: float = 0.0) -> Render:
+        """A finished image into this session's gallery (Compare's grids come here too)."""
+        image = QImage.fromData(png, "PNG")
+        render = Render(mode, png, image, settings, seconds)
+        self.renders.append(render)
+        item = QListWidgetItem(QIcon(QPixmap.fromImage(image.scaled(
+            THUMB_SIDE, THUMB_SIDE, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))),
+            label)
+        item.setToolTip(settings + (f" · {seconds:.1f} s" if seconds else ""))
+        item.setData(Qt.ItemDataRole.UserRole, len(self.renders) - 1)
+        self.gallery.addItem(item)
+        return render
+
     def cancel(self) -> None:
-        if self._kind == "render" and self._worker is not None:
+        if self._kind in ("render", "analyze") and self._worker is not None:
             self._worker.cancel.set()
             self.progress.setFormat("cancelling…")
             self.cancel_button.setEnabled(False)
@@ -552,33 +773,63 @@ class PreviewPanel(QWidget):
     def busy(self) -> bool:
         return self._worker is not None
 
+    def _mine(self, token: int) -> bool:
+        return self._worker is not None and token == self._worker.token
+
+    def label_of(self, mode: str) -> str:
+        """A result's caption: as loaded / as set / base, or for an analysis full, base, "GROUP off"."""
+        if self._result_kind == "analyze" and mode not in ("full", "base"):
+            return f"{mode} off"
+        return MODE_LABELS.get(mode, mode)
+
     @Slot(int, int, int, int)
     def _on_progress(self, token: int, job: int, step: int, steps: int) -> None:
-        if self._worker is None or token != self._worker.token:
+        if not self._mine(token):
             return
         self.progress.setValue(min(job * self._steps + step, self.progress.maximum()))
-        label = MODE_LABELS.get(self._modes[job], "") if job < len(self._modes) else ""
+        label = self.label_of(self._modes[job]) if job < len(self._modes) else ""
         self.progress.setFormat(f"{label}: step {step} of {steps}")
 
     @Slot(int, str, bytes, float)
     def _on_image(self, token: int, mode: str, png: bytes, seconds: float) -> None:
-        if self._worker is None or token != self._worker.token:
+        if not self._mine(token):
             return
-        image = QImage.fromData(png, "PNG")
-        render = Render(mode, png, image, f"{MODE_LABELS.get(mode, mode)} · {self._settings_text}", seconds)
+        label = self.label_of(mode)
+        render = self.add_to_gallery(mode, png, f"{label} · {self._seed}", f"{label} · {self._settings_text}",
+                                     seconds)
         self.current[mode] = render
-        self.renders.append(render)
-        item = QListWidgetItem(QIcon(QPixmap.fromImage(image.scaled(
-            THUMB_SIDE, THUMB_SIDE, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))),
-            f"{MODE_LABELS.get(mode, mode)} · {self._seed}")
-        item.setToolTip(render.settings + f" · {seconds:.1f} s")
-        item.setData(Qt.ItemDataRole.UserRole, len(self.renders) - 1)
-        self.gallery.addItem(item)
         self._show_results()
+
+    @Slot(int, list, float)
+    def _on_groups(self, token: int, labels: list, threshold: float) -> None:
+        if not self._mine(token):
+            return
+        self._modes = ["full", "base", *labels]
+        self.progress.setRange(0, len(self._modes) * self._steps)
+        self.strip.set_groups(labels, threshold)
+        self.strip.show()
+
+    @Slot(int, str, object)
+    def _on_group(self, token: int, label: str, share) -> None:
+        if self._mine(token):
+            self.strip.set_group(label, share)
+
+    @Slot(int, object)
+    def _on_analysed(self, token: int, analysis) -> None:
+        if not self._mine(token):
+            return
+        self.analysis = analysis
+        self.strip.set_analysis(analysis)
+        weak = [group.label for group in analysis.weak_groups()]
+        name = html.escape(self._analysed.name if self._analysed else analysis.input_path)
+        self.analysis_label.setText(
+            f"Block analysis of {name}: share of its effect per block group"
+            + (f"; under {analysis.threshold:.0%}: {html.escape(', '.join(weak))}" if weak else "; every group matters"))
+        self.keep_button.setEnabled(bool(weak) and self.session is not None)
 
     @Slot(int, str)
     def _on_failed(self, token: int, message: str) -> None:
-        if self._worker is None or token != self._worker.token:
+        if not self._mine(token):
             return
         if self._kind == "connect":
             self.connection = None
@@ -589,19 +840,23 @@ class PreviewPanel(QWidget):
             self.progress.setFormat("failed")
             self.error_label.setText(message)
             self.error_label.show()
+            if self._kind == "analyze":
+                self.analysis_label.setText("Block analysis failed (the reason is under Render)")
         self._say(message)
 
     @Slot(int, bool)
     def _on_finished(self, token: int, cancelled: bool) -> None:
         self._workers = [w for w in self._workers if w.token != token]
-        if self._worker is None or token != self._worker.token:
+        if not self._mine(token):
             return
         kind, self._worker, self._kind = self._kind, None, ""
-        if kind == "render":
+        if kind in ("render", "analyze"):
             self.cancel_button.setEnabled(False)
-            self.render_button.setEnabled(self.connection is not None)
+            self._enable_jobs(self.connection is not None)
             if cancelled:
                 self.progress.setFormat("cancelled")
+                if kind == "analyze":
+                    self.analysis_label.setText("Block analysis cancelled")
             elif self.current and len(self.current) == len(self._modes):
                 self.progress.setValue(self.progress.maximum())
                 self.progress.setFormat(f"done in {time.monotonic() - self._started:.1f} s")
@@ -619,10 +874,10 @@ class PreviewPanel(QWidget):
             if widget is not None:
                 widget.deleteLater()
         self.result_labels = {}
-        shown = [(MODE_LABELS[mode], self.current[mode].image, mode) for mode in ("stacked", "merged", "base")
-                 if mode in self.current]
+        order = self._modes if self._result_kind == "analyze" else ("stacked", "merged", "base")
+        shown = [(self.label_of(mode), self.current[mode].image, mode) for mode in order if mode in self.current]
         against = self.diff_combo.currentData()
-        if against and "merged" in self.current and against in self.current:
+        if self._result_kind == "render" and against and "merged" in self.current and against in self.current:
             shown.append((f"|as set − {MODE_LABELS[against]}| × {DIFF_GAIN}",
                           difference_image(self.current["merged"].image, self.current[against].image), "difference"))
         for title, image, key in shown:
