@@ -115,6 +115,16 @@ def test_render_shows_the_three_images_and_the_gallery_without_stalling(qtbot, w
         assert panel.render()
     assert list(panel.current) == ["base"] and panel.gallery.count() == 4
 
+    # Results replaced are hidden at once: out of the layout, they painted over the new ones
+    # (overlapping captions) until their deferred deletion.
+    from PySide6.QtWidgets import QApplication, QLabel
+
+    panel._show_results()
+    QApplication.processEvents()  # the new boxes' queued show; deferred deletions are not run by it
+    captions = [label.text() for label in panel.findChildren(QLabel)
+                if label.isVisibleTo(panel) and label.text().endswith("×48)")]
+    assert captions == ["base (80×48)"]
+
 
 @pytest.mark.comfyui
 def test_cancel_interrupts_the_render(qtbot, window, comfyui):

@@ -555,12 +555,18 @@ class _Batch:
 
     def _await_stop(self, prompt_ids: set[str], limit: float = INTERRUPT_WAIT_SECONDS) -> None:
         """Wait until the interrupted prompts have stopped (the sampler sees the interrupt at
-        its next step), so the server is free when ``render`` returns; at most ``limit`` s."""
+        its next step), so the server is free when ``render`` returns; at most ``limit`` s.
+
+        A prompt the server has taken off its queue but not yet started is "running" already, and
+        starting clears the interrupt flag (ComfyUI resets it at the start of every prompt): the
+        interrupt is sent again while such a prompt still runs."""
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             running, _ = self.client.queue_ids()
             if not prompt_ids & running:
                 return
+            for prompt_id in prompt_ids & running:
+                self.client.interrupt(prompt_id)
             if self.websocket is None:
                 time.sleep(self.poll)
                 continue

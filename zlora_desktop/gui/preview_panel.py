@@ -872,6 +872,7 @@ class PreviewPanel(QWidget):
         while self.results_row.count():
             widget = self.results_row.takeAt(0).widget()
             if widget is not None:
+                widget.hide()  # out of the layout it would still paint where it was until deleted
                 widget.deleteLater()
         self.result_labels = {}
         order = self._modes if self._result_kind == "analyze" else ("stacked", "merged", "base")
