@@ -121,6 +121,8 @@ for rep in range(reps + 1):  # the first round warms up, untimed
         if kind == "naive":
             naive(out_naive, inputs)
         else:
+            if kind == "merge":  # a fresh user folder: no digest remembered from an earlier run, hashed now
+                os.environ["ZLORA_DATA_DIR"] = os.path.join(workdir, f"data-{rep}")
             report = merge(recipe, known_digests=known if kind == "known" else None)
             known = report.input_digests
         if rep:
@@ -192,7 +194,8 @@ def run_child(argv: list[str], engine: str = REPO) -> Run:
     ``engine``: the folder whose ``zlora_desktop`` the child imports (PYTHONPATH, and a working
     folder elsewhere, since ``python -m`` puts the working folder first on sys.path).
     """
-    env = {**os.environ, "PYTHONPATH": engine}
+    # A fresh user folder per run: no input digest remembered from an earlier run (core/digest_cache.py).
+    env = {**os.environ, "PYTHONPATH": engine, "ZLORA_DATA_DIR": tempfile.mkdtemp(prefix="zlora-bench-data-")}
     with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:  # files: no pipe to fill
         busy = busy_seconds()
         started = time.perf_counter()

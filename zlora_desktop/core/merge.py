@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import dtypes, keys, model, options
+from . import digest_cache, dtypes, keys, model, options
 from .errors import CancelledError, ZLoraError, one_line
 from .analysis import frobenius_inner
 from .lora_file import FULL_LOKR_BUDGET, KIND_NAMES, LoraFile, all_finite, exact_full_lokr_values
@@ -877,7 +877,8 @@ def sha256_file(path: str, chunk: int = 1024 * 1024, cancel: Callable[[], bool] 
 def input_digest(path: str, known: KnownDigests | None = None,
                  cancel: Callable[[], bool] | None = None) -> tuple[int, int, str]:
     """(size, mtime_ns, sha256) of a file: the known digest while the file's size and mtime_ns
-    still match it, else hashed now (stat taken first, so a change during hashing shows next time)."""
+    still match it, else the one remembered from an earlier run (``digest_cache``), else hashed
+    now (stat taken first, so a change during hashing shows next time)."""
     try:
         info = os.stat(path)
     except OSError as exc:
@@ -886,7 +887,12 @@ def input_digest(path: str, known: KnownDigests | None = None,
     entry = known.get(path) or known.get(os.path.abspath(path))
     if entry is not None and (entry[0], entry[1]) == (info.st_size, info.st_mtime_ns):
         return info.st_size, info.st_mtime_ns, entry[2]
-    return info.st_size, info.st_mtime_ns, sha256_file(path, cancel=cancel)
+    remembered = digest_cache.lookup(path, info)
+    if remembered is not None:
+        return info.st_size, info.st_mtime_ns, remembered
+    digest = sha256_file(path, cancel=cancel)
+    digest_cache.store(path, info, digest)
+    return info.st_size, info.st_mtime_ns, digest
 
 
 # Keys that describe a file's own layout and would be wrong on the output.
