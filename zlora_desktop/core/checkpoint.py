@@ -40,7 +40,7 @@ _QUANT_MARKERS = (
     ("scaled_fp8", "legacy scaled fp8 (marker tensor scaled_fp8, per-layer scale_weight)"),
     (".scale_weight", "legacy scaled fp8 (per-layer scale_weight)"),
     (".comfy_quant", "ComfyUI mixed precision (per-layer comfy_quant + weight_scale)"),
-    (".weight_scale", "ComfyUI mixed precision (per-layer weight_scale)"),
+    (".weight_scale", "ComfyUI mixed precision (per-layer comfy_quant + weight_scale)"),
 )
 
 
