@@ -400,6 +400,20 @@ def test_quantised_bases_are_detected_and_refused(tmp_path, loras, comfy_base):
     _assert_refused(newer, [loras["a"][0]], tmp_path, str(newer), "quantised", "comfy_quant")
 
 
+@pytest.mark.parametrize("layout", ["comfyui", "diffusers"])
+def test_not_enough_disk_space_is_refused_before_anything_is_written(layout, comfy_base, diffusers_base, loras,
+                                                                     tmp_path, monkeypatch):
+    import shutil as disk
+
+    from zlora_desktop.core import bake as bake_module
+
+    # The real free space of the test's disk, with a margin asked beyond it: the output cannot fit.
+    monkeypatch.setattr(bake_module, "FREE_SPACE_MARGIN", disk.disk_usage(tmp_path).free + 1)
+    base = comfy_base if layout == "comfyui" else diffusers_base[0]
+    _assert_refused(base, [loras["a"][0]], tmp_path, "not enough free disk space",
+                    output_name="baked.safetensors" if layout == "comfyui" else "baked")
+
+
 def test_the_output_never_replaces_the_base(comfy_base, loras, diffusers_base, tmp_path):
     code, message = _cli(comfy_base, [loras["a"][0]], comfy_base)
     assert code == 2 and "the base is never overwritten" in message

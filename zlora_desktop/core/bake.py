@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import dtypes, model
+from . import dtypes, model, writer
 from .checkpoint import PLAIN_FLOAT_CODES, BaseCheckpoint, Location, open_base
 from .errors import CancelledError, ZLoraError, one_line
 from .lora_file import all_finite
@@ -30,6 +30,7 @@ from .writer import (AtomicOutput, SafetensorsStream, check_free_space, check_li
                      layout, _sync_folder)
 
 COPY_BUFFER_BYTES = 16 * 1024 * 1024  # one reused buffer for the byte-for-byte copies
+FREE_SPACE_MARGIN = writer.FREE_SPACE_MARGIN  # asked beyond the output's size
 
 
 @dataclass
@@ -101,7 +102,7 @@ def bake(recipe: Recipe, base_path: str, progress: ProgressCallback | None = Non
         record = _record(recipe, base, inputs, digests)
         plans = [_plan_file(base, file, convert_to, record) for file in base.headers]
         needed = sum(_planned_bytes(*plan) for plan in plans)
-        check_free_space(os.path.dirname(output), needed)
+        check_free_space(os.path.dirname(output), needed, FREE_SPACE_MARGIN)
         total = sum(len(plan[2]) for plan in plans)
         counter = [0]
 

@@ -31,7 +31,7 @@ DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 DIFFUSERS_SINGLE = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
 
-LAYOUT_NAMES = {"comfyui": "ComfyUI single file", "diffusers": "diffusers"}
+LAYOUT_NAMES = {"comfyui": "ComfyUI", "diffusers": "diffusers"}
 # Float dtypes whose values a bake adds to as they are (dequantised ones aside).
 PLAIN_FLOAT_CODES = ("F32", "F16", "BF16")
 
@@ -86,7 +86,7 @@ class BaseCheckpoint:
         """``diffusers folder, 3 shards, float32, 24.6 GB, Z-Image Turbo/Base, 30 layers``."""
         shards = len(self.headers)
         where = (f"{LAYOUT_NAMES[self.layout]} folder, {shards} shard{'s' if shards != 1 else ''}" if self.is_folder
-                 else f"{LAYOUT_NAMES[self.layout]} file" + (f" (keys under {self.prefix})" if self.prefix else ""))
+                 else f"{LAYOUT_NAMES[self.layout]} single file" + (f" (keys under {self.prefix})" if self.prefix else ""))
         layers = sum(1 for block in self.blocks if block in model.LAYER_BLOCKS)
         text = (f"{where}, {dtypes.display_name(self.dtype)}, {self.total_bytes / 1e9:.2f} GB, "
                 f"{model.VARIANTS[self.variant]}, {layers} layers, width {self.hidden}")
