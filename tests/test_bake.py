@@ -471,3 +471,10 @@ def test_keys_of_every_block_module_are_found_in_both_layouts(comfy_base, diffus
         name = model.module_name(block, comp)
         assert comfy.shape_of(comfy.locate(name)) == folder.shape_of(folder.locate(name)), name
         assert comfy.locate(name).key == keys.comfy_path(name) + ".weight"
+
+
+def test_a_sum_past_the_dtype_range_is_refused_naming_the_lora(comfy_checkpoint, loras, tmp_path):
+    recipe = Recipe([RecipeInput(loras["a"][0], 1e9)], str(tmp_path / "o.safetensors"))
+    with pytest.raises(ZLoraError, match="passes the largest float16") as error:
+        bake(recipe, comfy_checkpoint)
+    assert error.value.path == loras["a"][0] and os.listdir(tmp_path) == []

@@ -272,44 +272,53 @@ def _read(source, header, key: str):
 
 
 def _baked(base: BaseCheckpoint, file: str, source, key: str, edits: list[_Edit], dtype, device: str):
-    """Tensor ``key`` with every edit added in float32 on ``device``, cast once to ``dtype``."""
+    """Tensor ``key`` with every edit added in float32 on ``device``, cast once to ``dtype``.
+
+    Only a sum that may leave ``dtype``'s range is checked element by element (a pass over the
+    tensor costs as much as the addition): the LoRAs' factors are checked finite when read."""
     import torch
 
-    weight = _read(source, base.headers[file], key)
-    if not all_finite(weight):
-        raise ZLoraError(f"tensor {key!r} holds NaN or Inf values", file)
-    work = weight.to(device=device, dtype=torch.float32)  # float32 on the CPU: the read buffer itself, ours
-    del weight
+    # float32 on the CPU: the read buffer itself (ours), else a widened copy
+    total = _read(source, base.headers[file], key).to(device=device, dtype=torch.float32)
+    largest = 0.0  # a bound on |ΔW|: only a sum that may leave dtype's range is checked element by element
     for edit in edits:
-        target = work[edit.rows[0]:edit.rows[1]] if edit.rows is not None else work
+        target = total[edit.rows[0]:edit.rows[1]] if edit.rows is not None else total
         for lora, factor in edit.terms:
             if edit.bias:
-                target.add_(lora.load_bias(edit.module).to(device), alpha=factor)
+                bias = lora.load_bias(edit.module).to(device)
+                target.add_(bias, alpha=factor)
+                largest += abs(factor) * float(bias.abs().max()) if bias.numel() else 0.0
                 continue
-            down, up, scale = lora.load_stored(edit.module)
-            _add_product(target, down, up, factor * scale, device)
-    result = work.to(dtype)
-    if not all_finite(result):
-        culprit = edits[0]
-        raise ZLoraError(f"module {culprit.module}: the base plus the LoRAs passes the largest "
-                         f"{dtypes.torch_name(dtype)} ({float(torch.finfo(dtype).max):.3g}); lower the ratio",
-                         culprit.terms[0][0].path)
+            down, up, scale = lora.load_stored(edit.module)  # NaN/Inf refused, naming the file
+            largest += _add_product(target, down, up, factor * scale, device)
+    result = total.to(dtype)
+    limit = float(torch.finfo(dtype).max)
+    if largest >= limit / 4 or limit < float(torch.finfo(torch.float32).max):
+        if not all_finite(result):
+            culprit = edits[0]
+            raise ZLoraError(f"module {culprit.module}: the base plus the LoRAs passes the largest "
+                             f"{dtypes.torch_name(dtype)} ({limit:.3g}); lower the ratio", culprit.terms[0][0].path)
     return result
 
 
-def _add_product(target, down, up, coefficient: float, device: str) -> None:
+def _add_product(target, down, up, coefficient: float, device: str) -> float:
     """target += coefficient · up @ down in float32; a dense delta (a full diff, stored as the
-    delta times an identity) is added as it is, never multiplied by the identity."""
+    delta times an identity) is added as it is, never multiplied by the identity. Returns a bound
+    on the largest |value| added."""
     import torch
 
     down = down.to(device=device, dtype=torch.float32)
     up = up.to(device=device, dtype=torch.float32)
     if _is_identity(up):
         target.add_(down, alpha=coefficient)
-    elif _is_identity(down):
+        return abs(coefficient) * float(down.abs().max())
+    if _is_identity(down):
         target.add_(up, alpha=coefficient)
-    else:
-        target.addmm_(up, down, alpha=coefficient)
+        return abs(coefficient) * float(up.abs().max())
+    target.addmm_(up, down, alpha=coefficient)
+    if not down.numel() or not up.numel():
+        return 0.0
+    return abs(coefficient) * down.shape[0] * float(up.abs().max()) * float(down.abs().max())
 
 
 def _is_identity(matrix) -> bool:
