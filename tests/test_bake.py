@@ -7,6 +7,7 @@
   ../shared/comfyui), saved bare in bf16, and under ``model.diffusion_model.`` beside text-encoder and
   VAE tensors as a full checkpoint.
 
+The float64-reference tests bake on $ZLORA_TEST_DEVICE (conftest's ``merge_device``).
 Every baked tensor is compared with W + Σ c·ΔW computed independently in float64 from the samples'
 ground truth; tensors no LoRA touches must be byte-identical to the base's; the baked folder must
 load with ``from_pretrained`` and equal the base with the LoRA fused by diffusers' own ``fuse_lora``.
@@ -203,10 +204,11 @@ def _folder_keys(folder: str) -> dict:
     return {key: os.path.join(folder, shard) for key, shard in index["weight_map"].items()}
 
 
-def test_a_diffusers_folder_bakes_to_the_float64_sum_and_keeps_its_layout(diffusers_base, loras, tmp_path):
+def test_a_diffusers_folder_bakes_to_the_float64_sum_and_keeps_its_layout(diffusers_base, loras, tmp_path,
+                                                                         merge_device):
     folder, _ = diffusers_base
     output = tmp_path / "baked"
-    report = bake(_recipe(loras, ["a", "b", "c"], output), folder)
+    report = bake(_recipe(loras, ["a", "b", "c"], output, device=merge_device), folder)
     assert sorted(os.listdir(output)) == sorted(os.listdir(folder))
     assert len([n for n in os.listdir(folder) if n.endswith(".safetensors")]) > 5  # really sharded
     assert (output / "config.json").read_bytes() == open(os.path.join(folder, "config.json"), "rb").read()
@@ -264,13 +266,13 @@ def _comfy_name_of(base):
     return name_of
 
 
-def test_a_comfyui_bf16_file_bakes_q_k_v_into_their_rows_of_the_fused_qkv(comfy_base, loras, tmp_path):
+def test_a_comfyui_bf16_file_bakes_q_k_v_into_their_rows_of_the_fused_qkv(comfy_base, loras, tmp_path, merge_device):
     base = open_base(comfy_base)
     assert (base.layout, base.prefix, base.dtype, base.fused_qkv) == ("comfyui", "", "BF16", True)
     assert base.locate("layers.1.attention.to_k").rows == (HIDDEN, 2 * HIDDEN)
     assert base.locate("all_x_embedder.2-1").key == "x_embedder.weight"
     output = tmp_path / "baked.safetensors"
-    bake(_recipe(loras, ["a", "b"], output), comfy_base)
+    bake(_recipe(loras, ["a", "b"], output, device=merge_device), comfy_base)
     before, after = read_header(comfy_base), read_header(str(output))
     assert _data_layout(before) == _data_layout(after)
     keys_files = {k: comfy_base for k in before.tensors}
@@ -278,12 +280,12 @@ def test_a_comfyui_bf16_file_bakes_q_k_v_into_their_rows_of_the_fused_qkv(comfy_
                              _comfy_name_of(base), 0.02)
 
 
-def test_a_full_checkpoint_changes_only_the_diffusion_model(comfy_checkpoint, loras, tmp_path):
+def test_a_full_checkpoint_changes_only_the_diffusion_model(comfy_checkpoint, loras, tmp_path, merge_device):
     base = open_base(comfy_checkpoint)
     assert (base.layout, base.prefix, base.dtype, base.other_tensors) == \
         ("comfyui", "model.diffusion_model.", "F16", 2)
     output = tmp_path / "baked.safetensors"
-    bake(_recipe(loras, ["c", "a"], output), comfy_checkpoint)
+    bake(_recipe(loras, ["c", "a"], output, device=merge_device), comfy_checkpoint)
     header = read_header(str(output))
     assert header.metadata["modelspec.title"] == "tiny z-image checkpoint"
     for key in ("text_encoders.qwen3_4b.transformer.model.embed_tokens.weight", "vae.decoder.conv_in.weight"):

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import dtypes, model, writer
-from .checkpoint import PLAIN_FLOAT_CODES, BaseCheckpoint, Location, open_base
+from .checkpoint import PLAIN_FLOAT_CODES, BaseCheckpoint, open_base
 from .errors import CancelledError, ZLoraError, one_line
 from .lora_file import all_finite
-from .merge import ProgressCallback, input_digest, open_inputs, resolve_device
+from .merge import ProgressCallback, _set_torch_threads, input_digest, open_inputs, resolve_device
 from .recipe import RECIPE_METADATA_KEY, Recipe
 from .writer import (AtomicOutput, SafetensorsStream, check_free_space, check_little_endian, encode_header,
                      layout, _sync_folder)
@@ -75,8 +75,6 @@ def bake(recipe: Recipe, base_path: str, progress: ProgressCallback | None = Non
     for a single-file base, a folder for a diffusers folder). ``recipe.dtype`` "auto" keeps the
     base's dtypes; bf16/fp16/fp32 converts the diffusion model's float tensors. ``cancel`` is polled
     between tensors and before the final rename: a cancel leaves nothing. Raises ZLoraError."""
-    import torch
-
     started = time.perf_counter()
     recipe.validate()
     check_little_endian()
@@ -127,6 +125,9 @@ def bake(recipe: Recipe, base_path: str, progress: ProgressCallback | None = Non
                         stream.copy_from(key, source, entry.start, buffer)
                         report.tensors_copied += 1
 
+        # One torch thread: a bake's arithmetic is a few passes over each tensor at memory speed, and
+        # more threads only wait on each other and on other programs (as in the merge).
+        restore_threads = _set_torch_threads(1)
         try:
             if base.is_folder:
                 _write_folder(base, output, plans, put_tensors, is_cancelled, durable)
@@ -141,6 +142,8 @@ def bake(recipe: Recipe, base_path: str, progress: ProgressCallback | None = Non
                     target.discard()
         except OSError as exc:
             raise ZLoraError(f"cannot write output ({exc.strerror or one_line(exc)})", output) from None
+        finally:
+            restore_threads()
         if progress:
             progress(total, total, "done")
     finally:
