@@ -17,7 +17,9 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 from . import dtypes, model, writer
@@ -105,25 +107,36 @@ def bake(recipe: Recipe, base_path: str, progress: ProgressCallback | None = Non
         counter = [0]
 
         def put_tensors(stream: SafetensorsStream, file: str, order: list[str]) -> None:
-            with open(file, "rb", buffering=0) as source:
+            """Every tensor of ``file`` into ``stream``: tensor i is written (or copied) on a writing
+            thread while tensor i + 1 is read and computed here; one write at most is in flight, so
+            two tensors at most are in memory. The copies read through their own handle."""
+            header = base.headers[file]
+            with open(file, "rb", buffering=0) as source, open(file, "rb", buffering=0) as copy_source, \
+                    ThreadPoolExecutor(max_workers=1) as writing:
                 buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
+                pending = None
                 for key in order:
                     if is_cancelled():
                         raise CancelledError()
                     if progress:
                         progress(counter[0], total, key)
                     counter[0] += 1
-                    entry = base.headers[file].tensors[key]
+                    entry = header.tensors[key]
                     target_dtype = stream.slots[key].dtype
                     if key in edits:
-                        stream.write(key, _baked(base, file, source, key, edits[key], target_dtype, device))
+                        job = partial(stream.write, key, _baked(base, file, source, key, edits[key], target_dtype, device))
                         report.tensors_changed += 1
                     elif dtypes.safetensors_code(target_dtype) != entry.dtype:
-                        stream.write(key, _read(source, base.headers[file], key).to(target_dtype))
+                        job = partial(stream.write, key, _read(source, header, key).to(target_dtype))
                         report.tensors_converted += 1
                     else:
-                        stream.copy_from(key, source, entry.start, buffer)
+                        job = partial(stream.copy_from, key, copy_source, entry.start, buffer)
                         report.tensors_copied += 1
+                    if pending is not None:
+                        pending.result()  # raises what the write raised
+                    pending = writing.submit(job)
+                if pending is not None:
+                    pending.result()
 
         # One torch thread: a bake's arithmetic is a few passes over each tensor at memory speed, and
         # more threads only wait on each other and on other programs (as in the merge).
