@@ -480,3 +480,21 @@ def test_a_sum_past_the_dtype_range_is_refused_naming_the_lora(comfy_checkpoint,
     with pytest.raises(ZLoraError, match="passes the largest float16") as error:
         bake(recipe, comfy_checkpoint)
     assert error.value.path == loras["a"][0] and os.listdir(tmp_path) == []
+
+
+def test_the_command_bakes_and_reports_as_json(comfy_base, loras, tmp_path, capsys):
+    output = tmp_path / "baked.safetensors"
+    code = cli.main(["bake", comfy_base, loras["a"][0], loras["b"][0], "--ratio", "0.8", "--ratio", "-0.6",
+                     "--weights", "adaLN=0", "--weights", "", "-o", str(output), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"] == str(output) and report["base"].startswith("ComfyUI single file, bfloat16")
+    only_a = [m for m in loras["a"][1] if m not in loras["b"][1]]
+    assert not any((model.split_module(m) or (None, None))[1] == "adaLN" for m in report["modules"] if m in only_a)
+    assert "all_final_layer.2-1.adaLN_modulation.1" in report["modules"]  # an "other" module: not a block's adaLN
+    record = json.loads(read_header(str(output)).metadata["zlora_recipe"])
+    assert [(i["file"], i["ratio"], i["weights"]) for i in record["inputs"]] == \
+        [("a.safetensors", 0.8, "adaLN=0"), ("b.safetensors", -0.6, "")]
+    baked, base = load_file(str(output)), load_file(comfy_base)
+    assert torch.equal(baked["layers.2.adaLN_modulation.0.weight"], base["layers.2.adaLN_modulation.0.weight"])
+    assert not torch.equal(baked["layers.2.feed_forward.w1.weight"], base["layers.2.feed_forward.w1.weight"])
