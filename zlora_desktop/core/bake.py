@@ -358,7 +358,7 @@ def _write_folder(base: BaseCheckpoint, output: str, plans, put_tensors, is_canc
         sizes = 0
         for file, (specs, metadata, order) in zip(base.headers, plans):
             stream = SafetensorsStream(os.path.join(temp, os.path.basename(file)), specs, metadata,
-                                       is_cancelled, order)
+                                       is_cancelled, early_writeback=durable, report_path=output, order=order)
             try:
                 put_tensors(stream, file, order)
                 stream.finish(metadata, durable=durable)
