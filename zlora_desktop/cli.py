@@ -65,6 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also list every module: rank in and out, and what each input was there and at what rank")
     p.add_argument("-q", "--quiet", action="store_true")
 
+    p = sub.add_parser("bake", help="bake LoRAs into a base checkpoint (ComfyUI file or diffusers folder)")
+    p.add_argument("base", help="the base model: a ComfyUI .safetensors file or a diffusers transformer folder")
+    p.add_argument("inputs", nargs="+", help="input .safetensors LoRAs")
+    p.add_argument("-o", "--output", required=True,
+                   help="output: a .safetensors file for a file base, a new folder for a diffusers folder")
+    p.add_argument("--ratio", action="append", type=float, default=[],
+                   help="ratio per input, in order (required; one value applies to all inputs)")
+    p.add_argument("--weights", action="append", default=[],
+                   help="block weights per input in the weight syntax (one value applies to all)")
+    p.add_argument("--preset", action="append", default=[],
+                   help="preset per input (one value applies to all); --weights apply on top")
+    p.add_argument("--lokr-scale", action="append", default=[], choices=tuple(options.LOKR_SCALES),
+                   help="per input: how a LoKr with both factors full is scaled (as for merge)")
+    p.add_argument("--dtype", choices=tuple(options.DTYPES),
+                   help="auto (default): keep the base's dtypes; bf16/fp16/fp32: convert the diffusion model's "
+                        "float tensors")
+    p.add_argument("--device", choices=tuple(options.DEVICES), help="where the float32 additions run")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true")
+
     p = sub.add_parser("presets", help="list, show, import and export block-weight presets")
     psub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
     psub.add_parser("list", help="presets grouped by effect")
@@ -117,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["self-test"]:
             return self_test(argv[1:])
         args = build_parser().parse_args(argv)
-        return {"inspect": cmd_inspect, "merge": cmd_merge, "presets": cmd_presets,
+        return {"inspect": cmd_inspect, "merge": cmd_merge, "bake": cmd_bake, "presets": cmd_presets,
                 "sample": cmd_sample, "preview": cmd_preview}[args.command](args)
     except CancelledError:
         print("zlora: cancelled", file=sys.stderr)
@@ -306,6 +326,36 @@ def cmd_merge(args) -> int:
         print(report.summary())
         if args.per_module:
             print("\n".join(report.module_lines()))
+    return EXIT_OK
+
+
+def cmd_bake(args) -> int:
+    from .core.bake import bake
+
+    # The inputs' options as merge reads them (no recipe file, format, method or rank here).
+    for option in ("recipe", "format", "method", "rank", "energy", "equal_qkv_ranks"):
+        setattr(args, option, None)
+    recipe = recipe_from_args(args)
+    show = not args.quiet and not args.json and sys.stderr is not None and sys.stderr.isatty()
+
+    def progress(done: int, total: int, tensor: str) -> None:
+        if show:
+            print(f"\r[{done}/{total}] {tensor[-48:]:<48}", end="", file=sys.stderr, flush=True)
+
+    def notice(warning: str) -> None:
+        print(f"zlora: warning: {warning}", file=sys.stderr, flush=True)
+
+    report = bake(recipe, os.path.abspath(args.base), progress=progress, notice=notice)
+    if show:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps({"output": report.output, "base": report.base, "device": report.device,
+                          "dtype": report.dtype, "modules": report.modules,
+                          "tensors_changed": report.tensors_changed, "tensors_copied": report.tensors_copied,
+                          "tensors_converted": report.tensors_converted, "output_bytes": report.output_bytes,
+                          "seconds": round(report.seconds, 3), "warnings": report.warnings}, indent=2))
+    elif not args.quiet:
+        print(report.summary())
     return EXIT_OK
 
 

@@ -300,3 +300,45 @@ def _write_refused(path, spec: SampleSpec) -> dict:
     }[spec.layout]
     save_file(tensors, os.fspath(path))
     return {}
+
+
+def write_sample_base(path: str | os.PathLike, spec: SampleSpec, prefix: str = "") -> int:
+    """A synthetic base checkpoint in ComfyUI's single-file layout (fused ``attention.qkv``, its
+    names, norms and biases as the model has them) at the spec's dimensions, blocks and dtype,
+    written tensor by tensor (a large one never sits in memory whole), its keys under ``prefix``.
+    For the bake's memory test and benchmark; returns the file's size."""
+    import torch
+
+    from .writer import SafetensorsStream
+
+    dtype = dtypes.torch_dtype(dtypes.CHOICES[spec.dtype])
+    h, f, a = spec.hidden, spec.ffn, spec.adaln_in
+    shapes: dict[str, tuple[int, ...]] = {}
+    blocks = (list(model.TURBO_REFINER_BLOCKS) if spec.refiners else []) + list(model.LAYER_BLOCKS[: spec.layers])
+    for block in blocks:
+        stem = model.block_prefix(block)
+        shapes.update({f"{stem}.attention.qkv.weight": (3 * h, h), f"{stem}.attention.out.weight": (h, h),
+                       f"{stem}.attention.q_norm.weight": (min(h, 128),), f"{stem}.attention.k_norm.weight": (min(h, 128),),
+                       f"{stem}.feed_forward.w1.weight": (f, h), f"{stem}.feed_forward.w2.weight": (h, f),
+                       f"{stem}.feed_forward.w3.weight": (f, h)})
+        shapes.update({f"{stem}.{norm}.weight": (h,) for norm in ("attention_norm1", "attention_norm2",
+                                                                   "ffn_norm1", "ffn_norm2")})
+        if model.has_cell(block, "adaLN"):
+            shapes.update({f"{stem}.adaLN_modulation.0.weight": (4 * h, a), f"{stem}.adaLN_modulation.0.bias": (4 * h,)})
+    if spec.others:
+        for name, alias in model.TURBO_OTHER_MODULES.items():
+            out_dim, in_dim = _other_shape(name, spec)
+            shapes.update({f"{alias}.weight": (out_dim, in_dim), f"{alias}.bias": (out_dim,)})
+        shapes.update({"cap_embedder.0.weight": (2 * h // 3,), "x_pad_token": (1, h), "cap_pad_token": (1, h)})
+    specs = {prefix + name: (dtype, shape) for name, shape in shapes.items()}
+    metadata = {"zlora_sample": "synthetic base"}
+    stream = SafetensorsStream(os.fspath(path), specs, metadata)
+    generator = torch.Generator().manual_seed(spec.seed)
+    try:
+        for name in sorted(specs):
+            shape = specs[name][1]
+            stream.write(name, (torch.randn(shape, generator=generator) * 0.02).to(dtype))
+        stream.finish(metadata)
+    finally:
+        stream.close()
+    return stream.size

@@ -145,15 +145,19 @@ def _exact_pattern(name: str) -> str:
     return name
 
 
-def layout(specs: dict[str, tuple]) -> tuple[dict[str, TensorSlot], int]:
+def layout(specs: dict[str, tuple], order: list[str] | None = None) -> tuple[dict[str, TensorSlot], int]:
     """Offsets for ``specs`` = {name: (dtype, shape)}: largest element size first, then by name,
-    so every tensor starts at a multiple of its element size. Returns (slots, data bytes)."""
+    so every tensor starts at a multiple of its element size; or in ``order`` (every name once),
+    to keep another file's data layout (a baked checkpoint keeps its base's). Returns (slots, data bytes)."""
     import torch
 
     def itemsize(dtype) -> int:
         return torch.empty((), dtype=dtype).element_size()
 
-    order = sorted(specs, key=lambda name: (-itemsize(specs[name][0]), name))
+    if order is None:
+        order = sorted(specs, key=lambda name: (-itemsize(specs[name][0]), name))
+    elif sorted(order) != sorted(specs):
+        raise RuntimeError("the data order must name every planned tensor once")
     slots: dict[str, TensorSlot] = {}
     offset = 0
     for name in order:
@@ -203,11 +207,11 @@ class SafetensorsStream:
 
     def __init__(self, path: str, specs: dict[str, tuple], metadata: dict[str, str],
                  cancel: Callable[[], bool] | None = None, early_writeback: bool = False,
-                 background: bool = False, report_path: str | None = None):
+                 background: bool = False, report_path: str | None = None, order: list[str] | None = None):
         check_little_endian()
         self.path = path
         self.report_path = report_path or path
-        self.slots, self.data_bytes = layout(specs)
+        self.slots, self.data_bytes = layout(specs, order)
         self.header_bytes = len(encode_header(self.slots, metadata))
         self.cancel = cancel
         self.start_writeback = _writeback_starter() if early_writeback else None
@@ -282,6 +286,26 @@ class SafetensorsStream:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+
+    def copy_from(self, name: str, source, start: int, buffer: memoryview) -> None:
+        """Planned tensor ``name`` copied byte for byte from the open binary file ``source`` at
+        ``start`` (its dtype and size are the slot's), through the reused ``buffer``. The background
+        writer, if any, finishes its queue first: the two never share the file's position."""
+        if self.cancel is not None and self.cancel():
+            raise CancelledError()
+        self._stop_writer()
+        self._raise_failure()
+        slot = self.slots[name]
+        self.handle.seek(self.header_bytes + slot.offset)
+        source.seek(start)
+        left = slot.nbytes
+        while left:
+            count = source.readinto(buffer[:min(left, len(buffer))])
+            if not count:
+                raise EOFError(f"{name}: the source ended {left} bytes early")
+            self.handle.write(buffer[:count])
+            left -= count
+        self.written.add(name)
 
     def finish(self, metadata: dict[str, str], durable: bool = True) -> None:
         self._stop_writer()
@@ -484,17 +508,18 @@ class AtomicOutput:
         self.tmp: str | None = None
         self.stream: SafetensorsStream | None = None
 
-    def open(self, specs: dict[str, tuple], metadata: dict[str, str]) -> SafetensorsStream:
+    def open(self, specs: dict[str, tuple], metadata: dict[str, str],
+             order: list[str] | None = None) -> SafetensorsStream:
         if not os.path.isdir(self.folder):
             raise ZLoraError("output folder does not exist", self.output)
         check_little_endian()
         remove_stale_temps(self.folder)
-        slots, data_bytes = layout(specs)
+        slots, data_bytes = layout(specs, order)
         check_free_space(self.folder, len(encode_header(slots, metadata)) + data_bytes)
         self.tmp = temp_path_for(self.output)
         try:
             self.stream = SafetensorsStream(self.tmp, specs, metadata, self.cancel, early_writeback=self.durable,
-                                            background=True, report_path=self.output)
+                                            background=True, report_path=self.output, order=order)
         except OSError as exc:
             raise ZLoraError(f"cannot write output ({exc.strerror or exc})", self.output) from None
         return self.stream
