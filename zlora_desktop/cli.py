@@ -85,6 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
 
+    p = sub.add_parser("extract", help="extract a LoRA from a fine-tuned checkpoint and its base (randomised SVD)")
+    p.add_argument("base", help="the base model: a ComfyUI .safetensors file or a diffusers transformer folder")
+    p.add_argument("tuned", help="the fine-tuned model, in either layout (the two may differ)")
+    p.add_argument("-o", "--output", required=True, help="output LoRA .safetensors")
+    p.add_argument("--rank", default="64", help="rank per module (default 64), or 'auto' (by kept energy)")
+    p.add_argument("--energy", type=float, default=0.99,
+                   help="with --rank auto: the fraction of each module's ‖ΔW‖² to keep (default 0.99)")
+    p.add_argument("--max-rank", type=int, default=256, help="with --rank auto: the largest rank (default 256)")
+    p.add_argument("--format", default="aitoolkit", choices=tuple(options.FORMATS))
+    p.add_argument("--dtype", default="bf16", choices=tuple(dtypes.CHOICES))
+    p.add_argument("--device", default="auto", choices=tuple(options.DEVICES), help="where the SVDs run")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (per module too)")
+    p.add_argument("--per-module", action="store_true", help="also list every module's rank, energy and error")
+    p.add_argument("-q", "--quiet", action="store_true")
+
     p = sub.add_parser("presets", help="list, show, import and export block-weight presets")
     psub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
     psub.add_parser("list", help="presets grouped by effect")
@@ -137,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["self-test"]:
             return self_test(argv[1:])
         args = build_parser().parse_args(argv)
-        return {"inspect": cmd_inspect, "merge": cmd_merge, "bake": cmd_bake, "presets": cmd_presets,
+        return {"inspect": cmd_inspect, "merge": cmd_merge, "bake": cmd_bake, "extract": cmd_extract, "presets": cmd_presets,
                 "sample": cmd_sample, "preview": cmd_preview}[args.command](args)
     except CancelledError:
         print("zlora: cancelled", file=sys.stderr)
@@ -356,6 +371,34 @@ def cmd_bake(args) -> int:
                           "seconds": round(report.seconds, 3), "warnings": report.warnings}, indent=2))
     elif not args.quiet:
         print(report.summary())
+    return EXIT_OK
+
+
+def cmd_extract(args) -> int:
+    from .core.extract import extract
+
+    show = not args.quiet and not args.json and sys.stderr is not None and sys.stderr.isatty()
+
+    def progress(done: int, total: int, module: str) -> None:
+        if show:
+            print(f"\r[{done}/{total}] {module[-48:]:<48}", end="", file=sys.stderr, flush=True)
+
+    report = extract(os.path.abspath(args.base), os.path.abspath(args.tuned), args.output, rank=_rank(args.rank),
+                     energy=args.energy, fmt=args.format, dtype=args.dtype, device=args.device,
+                     max_rank=args.max_rank, progress=progress)
+    if show:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps({"output": report.output, "base": report.base, "tuned": report.tuned,
+                          "device": report.device, "dtype": report.dtype, "output_bytes": report.output_bytes,
+                          "seconds": round(report.seconds, 3), "unchanged": report.unchanged,
+                          "warnings": report.warnings,
+                          "modules": [{"module": s.module, "rank": s.rank_out, "kept_energy": s.kept_energy,
+                                       "rel_error": s.rel_error} for s in report.modules]}, indent=2))
+    elif not args.quiet:
+        print(report.summary())
+        if args.per_module:
+            print("\n".join(report.module_lines()))
     return EXIT_OK
 
 
