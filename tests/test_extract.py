@@ -130,3 +130,11 @@ def test_two_equal_checkpoints_have_nothing_to_extract(tuned, tmp_path):
     with pytest.raises(ZLoraError, match="equal in every LoRA-targetable module"):
         extract(base, base, str(tmp_path / "none.safetensors"), device="cpu")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_full_size_deltas_energy_is_accumulated_in_float64():
+    """A float32 norm of a 3840² ΔW is off by ~1e-3, which shifts every reported error."""
+    from zlora_desktop.core.extract import energy_of
+
+    delta = torch.randn(3840, 3840, generator=torch.Generator().manual_seed(0)) * 0.01 + 0.003
+    assert energy_of(delta) == pytest.approx(float(delta.double().square().sum()), rel=1e-10)
