@@ -40,16 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", help="input .safetensors LoRAs")
     p.add_argument("--recipe", help="a recipe JSON file instead of inputs and options")
     p.add_argument("-o", "--output", help="output .safetensors path")
-    p.add_argument("--ratio", action="append", type=float, default=[],
-                   help="ratio per input, in order (required; one value applies to all inputs)")
-    p.add_argument("--weights", action="append", default=[],
-                   help="block weights per input in the weight syntax (one value applies to all)")
-    p.add_argument("--preset", action="append", default=[],
-                   help="preset per input (one value applies to all); --weights apply on top")
-    p.add_argument("--lokr-scale", action="append", default=[], choices=tuple(options.LOKR_SCALES),
-                   help="per input (one value applies to all): how a LoKr with both factors full is scaled: "
-                        "'loader' (alpha ignored, as ComfyUI and diffusers) or 'alpha_over_dim' (× its metadata's "
-                        "ss_network_alpha/ss_network_dim, as some trainers applied it)")
+    _add_input_options(p)
     p.add_argument("--format", choices=tuple(options.FORMATS))
     p.add_argument("--method", choices=tuple(options.METHODS))
     p.add_argument("--rank", help="svd target rank, or 'auto' (by kept energy)")
@@ -70,14 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="input .safetensors LoRAs")
     p.add_argument("-o", "--output", required=True,
                    help="output: a .safetensors file for a file base, a new folder for a diffusers folder")
-    p.add_argument("--ratio", action="append", type=float, default=[],
-                   help="ratio per input, in order (required; one value applies to all inputs)")
-    p.add_argument("--weights", action="append", default=[],
-                   help="block weights per input in the weight syntax (one value applies to all)")
-    p.add_argument("--preset", action="append", default=[],
-                   help="preset per input (one value applies to all); --weights apply on top")
-    p.add_argument("--lokr-scale", action="append", default=[], choices=tuple(options.LOKR_SCALES),
-                   help="per input: how a LoKr with both factors full is scaled (as for merge)")
+    _add_input_options(p)
     p.add_argument("--dtype", choices=tuple(options.DTYPES),
                    help="auto (default): keep the base's dtypes; bf16/fp16/fp32: convert the diffusion model's "
                         "float tensors")
@@ -143,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("self-test", help="merge sample LoRAs on this machine's device and check the result "
                                      "(zlora self-test --help for its options)")
     return parser
+
+
+def _add_input_options(p) -> None:
+    """Each input's ratio, weights, preset and LoKr reading (merge and bake read inputs alike)."""
+    p.add_argument("--ratio", action="append", type=float, default=[],
+                   help="ratio per input, in order (required; one value applies to all inputs)")
+    p.add_argument("--weights", action="append", default=[],
+                   help="block weights per input in the weight syntax (one value applies to all)")
+    p.add_argument("--preset", action="append", default=[],
+                   help="preset per input (one value applies to all); --weights apply on top")
+    p.add_argument("--lokr-scale", action="append", default=[], choices=tuple(options.LOKR_SCALES),
+                   help="per input (one value applies to all): how a LoKr with both factors full is scaled: "
+                        "'loader' (alpha ignored, as ComfyUI and diffusers) or 'alpha_over_dim' (× its metadata's "
+                        "ss_network_alpha/ss_network_dim, as some trainers applied it)")
 
 
 def main(argv: list[str] | None = None) -> int:
