@@ -498,3 +498,25 @@ def test_the_command_bakes_and_reports_as_json(comfy_base, loras, tmp_path, caps
     baked, base = load_file(str(output)), load_file(comfy_base)
     assert torch.equal(baked["layers.2.adaLN_modulation.0.weight"], base["layers.2.adaLN_modulation.0.weight"])
     assert not torch.equal(baked["layers.2.feed_forward.w1.weight"], base["layers.2.feed_forward.w1.weight"])
+
+
+def test_bake_runs_a_recipe_whose_base_field_names_the_model(tmp_path, capsys):
+    from zlora_desktop.core.sample import write_sample_base
+
+    spec = SampleSpec(hidden=64, ffn=160, adaln_in=16, layers=2, dtype="fp32", seed=4)
+    base, lora = tmp_path / "base.safetensors", tmp_path / "lora.safetensors"
+    write_sample_base(base, spec)
+    write_sample(lora, SampleSpec(rank=2, hidden=64, ffn=160, adaln_in=16, layers=2, dtype="fp32", seed=5))
+    recipe_path = tmp_path / "bake.json"
+    Recipe([RecipeInput(str(lora), 0.5)], str(tmp_path / "baked.safetensors"), base=str(base)).save(recipe_path)
+    assert cli.main(["bake", "--recipe", str(recipe_path), "-q"]) == 0
+    direct = tmp_path / "direct.safetensors"
+    assert cli.main(["bake", str(base), str(lora), "--ratio", "0.5", "-o", str(direct), "-q"]) == 0
+    baked, expected = load_file(str(tmp_path / "baked.safetensors")), load_file(str(direct))
+    assert baked.keys() == expected.keys() and all(torch.equal(baked[k], expected[k]) for k in baked)
+    assert any(not torch.equal(baked[k], load_file(str(base))[k]) for k in baked)
+
+    Recipe([RecipeInput(str(lora), 0.5)], str(tmp_path / "never.safetensors")).save(recipe_path)
+    assert cli.main(["bake", "--recipe", str(recipe_path)]) == 2
+    assert "no base model given" in capsys.readouterr().err
+    assert not (tmp_path / "never.safetensors").exists()

@@ -139,3 +139,13 @@ def test_recipe_round_trip_and_merge_refusals(files, tmp_path):
     assert [e.ratio for e in again.entries] == [0.3, -0.5]
     assert again.entries[1].weights == b.weights and again.history.is_clean()
     assert again.output.method == "svd" and again.output.rank == 8 and not again.output.output_confirmed
+
+
+def test_a_recipes_base_model_survives_the_app_and_a_new_document_keeps_it(files, tmp_path):
+    recipe = Recipe.from_json({"inputs": [{"path": files["a"], "ratio": 1.0}], "output": "out.safetensors",
+                               "base": "models/z_image_turbo_bf16.safetensors"}, tmp_path)
+    doc = Document()
+    doc.load_recipe(recipe)
+    assert doc.to_recipe().base == str(tmp_path / "models" / "z_image_turbo_bf16.safetensors")
+    doc.clear()  # File ▸ New: the base model is a habit, like the format
+    assert doc.output.base == str(tmp_path / "models" / "z_image_turbo_bf16.safetensors")

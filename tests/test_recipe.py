@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -72,7 +73,7 @@ GOOD_INPUT = {"path": "a.safetensors", "ratio": 1.0}
     ({"output": "o", "inputs": [{**GOOD_INPUT, "ratios": 1}]},
      "inputs[0].ratios: unknown key (known: path, ratio, weights, preset, enabled, lokr_scale;"),
     ({"output": "o", "outptu": "x", "inputs": [GOOD_INPUT]},
-     "outptu: unknown key (known: output, format, method, rank, energy, dtype, device, equal_qkv_ranks, inputs;"),
+     "outptu: unknown key (known: output, format, method, rank, energy, dtype, device, equal_qkv_ranks, base, inputs;"),
     # top-level types and ranges
     ({"output": 3, "inputs": [GOOD_INPUT]}, "output: must be a path (text), got 3"),
     ({"output": "o", "format": "ckpt", "inputs": [GOOD_INPUT]},
@@ -151,3 +152,18 @@ def test_invalid_json_names_the_file(tmp_path):
     path.write_text("{")
     with pytest.raises(ZLoraError, match="broken.json: recipe is not valid JSON"):
         Recipe.load(path)
+
+
+def test_the_base_field_round_trips_relative_to_the_recipe_and_is_checked(tmp_path):
+    from zlora_desktop.core.errors import ZLoraError
+
+    recipe = Recipe([RecipeInput(str(tmp_path / "a.safetensors"), 1.0)], str(tmp_path / "out.safetensors"),
+                    base=str(tmp_path / "models" / "z_image_turbo_bf16.safetensors"))
+    path = tmp_path / "bake.json"
+    recipe.save(path)
+    assert json.loads(path.read_text())["base"] == os.path.join("models", "z_image_turbo_bf16.safetensors")
+    assert Recipe.load(path).base == str(tmp_path / "models" / "z_image_turbo_bf16.safetensors")
+    plain = Recipe([RecipeInput(str(tmp_path / "a.safetensors"), 1.0)], str(tmp_path / "out.safetensors"))
+    assert "base" not in plain.to_json()
+    with pytest.raises(ZLoraError, match=r"^base: must be the base model's path \(text\), got 3$"):
+        Recipe.from_json({"inputs": [], "output": "o.safetensors", "base": 3})

@@ -57,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("bake", help="bake LoRAs into a base checkpoint (ComfyUI file or diffusers folder)")
-    p.add_argument("base", help="the base model: a ComfyUI .safetensors file or a diffusers transformer folder")
-    p.add_argument("inputs", nargs="+", help="input .safetensors LoRAs")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("paths", nargs="*", metavar="BASE INPUTS",
+                   help="the base model (a ComfyUI .safetensors file or a diffusers transformer folder), then the "
+                        "input .safetensors LoRAs; with --recipe, only the base (else the recipe's \"base\")")
+    p.add_argument("--recipe", help="a recipe JSON file instead of inputs and their options")
+    p.add_argument("-o", "--output",
                    help="output: a .safetensors file for a file base, a new folder for a diffusers folder")
     _add_input_options(p)
     p.add_argument("--dtype", choices=tuple(options.DTYPES),
@@ -345,10 +347,15 @@ def cmd_merge(args) -> int:
 def cmd_bake(args) -> int:
     from .core.bake import bake
 
-    # The inputs' options as merge reads them (no recipe file, format, method or rank here).
-    for option in ("recipe", "format", "method", "rank", "energy", "equal_qkv_ranks"):
+    # The inputs' options as merge reads them (no format, method or rank here).
+    for option in ("format", "method", "rank", "energy", "equal_qkv_ranks"):
         setattr(args, option, None)
+    base, args.inputs = (args.paths[0] if args.paths else None), args.paths[1:]
     recipe = recipe_from_args(args)
+    base = base or recipe.base
+    if not base:
+        raise ZLoraError("no base model given (zlora bake BASE INPUTS…, or a recipe with \"base\")")
+    recipe.base = os.path.abspath(base)
     show = not args.quiet and not args.json and sys.stderr is not None and sys.stderr.isatty()
 
     def progress(done: int, total: int, tensor: str) -> None:
@@ -358,7 +365,7 @@ def cmd_bake(args) -> int:
     def notice(warning: str) -> None:
         print(f"zlora: warning: {warning}", file=sys.stderr, flush=True)
 
-    report = bake(recipe, os.path.abspath(args.base), progress=progress, notice=notice)
+    report = bake(recipe, recipe.base, progress=progress, notice=notice)
     if show:
         print(file=sys.stderr)
     if args.json:

@@ -111,6 +111,7 @@ class OutputSettings:
     dtype: str = options.DEFAULT_DTYPE
     device: str = options.DEFAULT_DEVICE
     equal_qkv_ranks: bool = options.DEFAULT_EQUAL_QKV_RANKS
+    base: str = ""  # the base model a bake adds into (the recipe's "base"); "" for none
     extra: dict = field(default_factory=dict)  # recipe keys this version keeps without knowing them
 
     def recipe_rank(self):
@@ -666,7 +667,8 @@ class Document:
         out = self.output
         return Recipe(inputs=[self._input_for(e) for e in self._entries], output=out.output,
                       format=out.format, method=out.method, rank=out.recipe_rank(), energy=out.energy,
-                      dtype=out.dtype, device=out.device, extra=dict(out.extra), equal_qkv_ranks=out.equal_qkv_ranks)
+                      dtype=out.dtype, device=out.device, extra=dict(out.extra), equal_qkv_ranks=out.equal_qkv_ranks,
+                      base=out.base or None)
 
     def merge_recipe(self) -> Recipe:
         """The recipe to merge now: raises ZLoraError with what stops the merge."""
@@ -695,7 +697,7 @@ class Document:
         self._by_id = {}
         self.output = OutputSettings(format=out.format, method=out.method, rank=out.rank, rank_auto=out.rank_auto,
                                      energy=out.energy, dtype=out.dtype, device=out.device,
-                                     equal_qkv_ranks=out.equal_qkv_ranks)
+                                     equal_qkv_ranks=out.equal_qkv_ranks, base=out.base)
         self.recipe_path = ""
         self.history.clear()
         self._emit("reset")
@@ -719,7 +721,7 @@ class Document:
             output=recipe.output, output_confirmed=False, format=recipe.format, method=recipe.method,
             rank=recipe.rank if isinstance(recipe.rank, int) else options.DEFAULT_SVD_RANK,
             rank_auto=recipe.rank == "auto", energy=recipe.energy, dtype=recipe.dtype, device=recipe.device,
-            equal_qkv_ranks=recipe.equal_qkv_ranks, extra=dict(recipe.extra))
+            equal_qkv_ranks=recipe.equal_qkv_ranks, base=recipe.base or "", extra=dict(recipe.extra))
         if entries:
             self._insert(0, entries)  # not an undo step: opening starts a fresh history
         self.recipe_path = path

@@ -37,7 +37,8 @@ DEFAULT_ENERGY = options.DEFAULT_ENERGY
 
 
 INPUT_KEYS = ("path", "ratio", "weights", "preset", "enabled", "lokr_scale")
-RECIPE_KEYS = ("output", "format", "method", "rank", "energy", "dtype", "device", "equal_qkv_ranks", "inputs")
+RECIPE_KEYS = ("output", "format", "method", "rank", "energy", "dtype", "device", "equal_qkv_ranks", "base",
+               "inputs")
 COMMENT_PREFIX = "_"  # keys starting with it ("_comment", the app's "_autosave") are kept, never read
 
 
@@ -80,6 +81,9 @@ class Recipe:
     extra: dict = field(default_factory=dict)  # "_" keys (comments), kept for round trips
     # q, k and v of a block written at one rank (nunchaku needs it): see options.DEFAULT_EQUAL_QKV_RANKS.
     equal_qkv_ranks: bool = options.DEFAULT_EQUAL_QKV_RANKS
+    # The base model a bake adds the inputs into (a ComfyUI file or a diffusers folder); a merge
+    # into a LoRA does not read it.
+    base: str | None = None
 
     def validate(self) -> None:
         """Check a recipe built in code (the CLI's options, the app's state); ``from_json``
@@ -133,8 +137,12 @@ class Recipe:
         energy = data.get("energy", DEFAULT_ENERGY)
         _check_energy(energy, "energy")
         equal = _check_bool(data.get("equal_qkv_ranks", options.DEFAULT_EQUAL_QKV_RANKS), "equal_qkv_ranks")
+        base_model = data.get("base")
+        if base_model is not None and (not isinstance(base_model, str) or not base_model):
+            raise ZLoraError(f"base: must be the base model's path (text), got {_show(base_model)}")
         return cls(inputs=inputs, output=_resolve(base, output) if output else "", rank=rank,
-                   energy=float(energy), extra=extra, equal_qkv_ranks=equal, **values)
+                   energy=float(energy), extra=extra, equal_qkv_ranks=equal,
+                   base=_resolve(base, base_model) if base_model else None, **values)
 
     def to_json(self, base_dir: str | os.PathLike | None = None) -> dict:
         """JSON form; paths relative to ``base_dir`` where they lie below it."""
@@ -150,6 +158,8 @@ class Recipe:
         data["device"] = self.device
         if self.equal_qkv_ranks != options.DEFAULT_EQUAL_QKV_RANKS:
             data["equal_qkv_ranks"] = self.equal_qkv_ranks
+        if self.base:
+            data["base"] = rel(self.base)
         inputs = []
         for item in self.inputs:
             entry: dict = {"path": rel(item.path), "ratio": item.ratio}
