@@ -138,3 +138,36 @@ def test_a_full_size_deltas_energy_is_accumulated_in_float64():
 
     delta = torch.randn(3840, 3840, generator=torch.Generator().manual_seed(0)) * 0.01 + 0.003
     assert energy_of(delta) == pytest.approx(float(delta.double().square().sum()), rel=1e-10)
+
+
+def test_extract_between_two_layouts_made_by_the_real_producers(tmp_path_factory, tmp_path):
+    """Base: ComfyUI's layout in fp32 (ComfyUI's own conversion of a diffusers save_pretrained model);
+    fine-tune: that diffusers folder (sharded) with a LoRA baked in. The LoRA comes back exactly."""
+    from test_bake import SPECS, _comfy_convert, import_diffusers
+
+    import_diffusers()
+    from diffusers import ZImageTransformer2DModel
+
+    from conftest import TINY_ZIMAGE_CONFIG
+
+    torch.manual_seed(6)
+    transformer = ZImageTransformer2DModel(**TINY_ZIMAGE_CONFIG)
+    folder = tmp_path / "transformer"
+    transformer.save_pretrained(folder, max_shard_size="2MB")
+    state = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+    comfy = _comfy_convert(state, tmp_path_factory.mktemp("comfy32"), "", "float32")
+    lora = tmp_path / "a.safetensors"
+    write_sample(lora, SPECS["a"])
+    tuned = tmp_path / "tuned"
+    bake(Recipe([RecipeInput(str(lora), 0.7)], str(tuned)), str(folder))
+
+    output = tmp_path / "extracted.safetensors"
+    report = extract(comfy, str(tuned), str(output), rank=8, dtype="fp32", device="cpu")
+    assert not report.warnings
+    truth = _true_deltas(str(lora), 0.7)
+    got = written_deltas(str(output))
+    block_modules = {m for m in truth if m.split(".")[0] in ("layers", "noise_refiner", "context_refiner")}
+    assert block_modules and block_modules <= set(got)
+    for module in truth.keys() & set(got):
+        error = float((got[module].double() - truth[module]).norm() / truth[module].norm())
+        assert error < 1e-5, (module, error)
