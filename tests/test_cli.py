@@ -309,3 +309,18 @@ def test_a_console_that_cannot_show_a_character_gets_an_escape_not_a_crash(tmp_p
     assert done.returncode == 0, done.stderr
     out = done.stdout.decode("ascii")
     assert "visage_\\xe9t\\xe9.safetensors" in out and "\\u2016\\u0394W\\u2016" in out
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`zlora inspect … | head -1`: no traceback, no "unexpected error" when the pipe closes."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "a.safetensors"
+    write_sample(path, SampleSpec(rank=2, layers=30))
+    child = subprocess.Popen([sys.executable, "-m", "zlora_desktop", "inspect", str(path), str(path), str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.readline()
+    child.stdout.close()  # as head does after its line
+    _, err = child.communicate(timeout=120)
+    assert b"Traceback" not in err and b"unexpected error" not in err, err.decode()

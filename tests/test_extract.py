@@ -171,3 +171,9 @@ def test_extract_between_two_layouts_made_by_the_real_producers(tmp_path_factory
     for module in truth.keys() & set(got):
         error = float((got[module].double() - truth[module]).norm() / truth[module].norm())
         assert error < 1e-5, (module, error)
+
+
+def test_a_missing_fine_tune_is_named_as_such(tuned, tmp_path, capsys):
+    base, _, _ = tuned
+    assert cli.main(["extract", base, str(tmp_path / "nothere.safetensors"), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert capsys.readouterr().err.strip() == f"zlora: error: {tmp_path / 'nothere.safetensors'}: fine-tuned model not found"

@@ -163,6 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zlora: interrupted", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`zlora inspect … | head`): nothing more to say, and Python's own
+        # flush at exit must not fail on the same pipe again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, AttributeError, ValueError):
+            pass
+        return EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - the one place that turns surprises into exit 1
         import traceback
 

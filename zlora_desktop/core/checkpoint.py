@@ -126,12 +126,12 @@ class BaseCheckpoint:
         return key.startswith(self.prefix) if self.prefix else True
 
 
-def open_base(path: str | os.PathLike) -> BaseCheckpoint:
+def open_base(path: str | os.PathLike, role: str = "base model") -> BaseCheckpoint:
     """Detect a base checkpoint's layout from its headers; a ZLoraError names the file and why
-    it cannot be used."""
+    it cannot be used (``role``: what the user gave it as, for a file that is not there)."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise ZLoraError("base model not found", path)
+        raise ZLoraError(f"{role} not found", path)
     index_path, index, extra = None, {}, []
     if os.path.isdir(path):
         files, index_path, index, extra = _folder_files(path)

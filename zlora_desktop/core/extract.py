@@ -98,7 +98,7 @@ def extract(base_path: str, tuned_path: str, output: str, rank: int | str = 64, 
     if fmt not in keys.OUTPUT_FORMATS:
         raise ZLoraError(f"unknown format {fmt!r} (known: {', '.join(keys.OUTPUT_FORMATS)})")
     is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
-    base, tuned = open_base(base_path), open_base(tuned_path)
+    base, tuned = open_base(base_path), open_base(tuned_path, role="fine-tuned model")
     device = resolve_device(device)
     out_dtype = dtypes.torch_dtype(dtypes.CHOICES.get(dtype, dtype))
     report = ExtractReport(os.path.abspath(output), base.path, tuned.path, device, dtypes.torch_name(out_dtype))
