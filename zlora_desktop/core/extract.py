@@ -15,8 +15,9 @@ tensor at a time, so memory holds about one module. Per module, in float32 on th
   rounding; there is no clamping of values.
 
 A fused qkv becomes q, k and v, each with its own rank. The output is a plain LoRA in any output
-format, written by the streaming writer (fixed rank: each module as it is made; auto: the small
-factors are kept until the last rank is known).
+format, written by the streaming writer once every module is known: which modules changed (and,
+with ``auto``, their ranks) shows only after reading them, so the small output factors are kept in
+the output dtype until then (the output's size, never the checkpoints').
 """
 
 from __future__ import annotations
