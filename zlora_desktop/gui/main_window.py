@@ -225,6 +225,9 @@ class MainWindow(QMainWindow):
                                           "Stop the running merge; nothing is written"))
         merge_menu.addAction(self._action("Choose &output file…", self.ask_output, "Ctrl+Shift+O"))
         merge_menu.addAction(self._action("&Show the result in its folder", self.output.show_in_folder))
+        merge_menu.addSeparator()
+        merge_menu.addAction(self._action("&Extract LoRA from checkpoints…", self.show_extract_dialog, None,
+                                          "A LoRA of a fine-tune's difference from its base model"))
 
         view_menu = bar.addMenu("&View")
         self.panels = [(self.lora_dock, self.lora_panel), (None, self.editor), (self.impact_dock, self.impact),
@@ -318,6 +321,16 @@ class MainWindow(QMainWindow):
             action.triggered.connect(lambda _checked=False, p=path: self.ask_open_recipe(p))
         self.recent_menu.addSeparator()
         self.recent_menu.addAction("Clear list", lambda: self.settings.set_value("recent/recipes", []))
+
+    def show_extract_dialog(self) -> None:
+        """Merge ▸ Extract LoRA from checkpoints…: one dialog, kept while the window lives."""
+        from .extract_dialog import ExtractDialog
+
+        if getattr(self, "extract_dialog", None) is None:
+            self.extract_dialog = ExtractDialog(self)
+        self.extract_dialog.show()
+        self.extract_dialog.raise_()
+        self.extract_dialog.activateWindow()
 
     def _about(self) -> None:
         QMessageBox.about(self, "About ZLoRA Desktop",
@@ -745,5 +758,7 @@ class MainWindow(QMainWindow):
             return
         self._closing = True
         self.merge_controller.shutdown()
+        if getattr(self, "extract_dialog", None) is not None:
+            self.extract_dialog.shutdown()
         self.preview.shutdown()
         self.session.shutdown()
