@@ -117,7 +117,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.workspace)
         self.impact = ImpactView(self.session)
         self.presets = PresetPanel(self.session, lambda: self.settings.folder("presets"))
-        self.output = OutputPanel(self.session, self.merge_controller)
+        self.output = OutputPanel(self.session, self.merge_controller, settings=self.settings)
         self.lora_dock = self._dock("LoRAs", "loras", self.lora_panel, Qt.DockWidgetArea.TopDockWidgetArea)
         self.impact_dock = self._dock("Impact", "impact", scrollable(self.impact),
                                       Qt.DockWidgetArea.BottomDockWidgetArea)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class MergeWorker(QObject):
-    """Runs one recipe through ``core.merge.merge`` in the thread it was moved to."""
+    """Runs one recipe through ``core.merge.merge`` (or ``core.bake.bake``) in the thread it was moved to."""
 
     progress = Signal(int, int, str)  # done, total, current module
     notice = Signal(str)  # a warning known before any module is merged (what the output leaves out…)
@@ -30,9 +30,10 @@ class MergeWorker(QObject):
     cancelled = Signal()
     finished = Signal()
 
-    def __init__(self, recipe: Recipe, presets=None, known_digests: dict | None = None):
+    def __init__(self, recipe: Recipe, presets=None, known_digests: dict | None = None, base_path: str = ""):
         super().__init__()
         self._recipe = recipe
+        self._base_path = base_path  # set: bake the recipe into this base model instead of merging
         self._presets = presets
         self._known_digests = known_digests or {}  # inputs the app hashed already: not read again
         self._cancel = threading.Event()
@@ -47,6 +48,13 @@ class MergeWorker(QObject):
         from ..core.merge import merge
 
         try:
+            if self._base_path:
+                from ..core.bake import bake
+
+                report = bake(self._recipe, self._base_path, progress=self._progress, cancel=self._cancel,
+                              presets=self._presets, notice=self.notice.emit)
+                self.succeeded.emit(report)  # a model, not a LoRA: no loader report
+                return
             report = merge(self._recipe, progress=self._progress, cancel=self._cancel, presets=self._presets,
                            known_digests=self._known_digests, notice=self.notice.emit)
         except CancelledError:
@@ -109,11 +117,12 @@ class MergeController(QObject):
     def cancelling(self) -> bool:
         return self._worker is not None and self._cancel_requested
 
-    def start(self, recipe: Recipe, presets=None, known_digests: dict | None = None) -> bool:
-        """Start a merge; False (and nothing started) when one is still running."""
+    def start(self, recipe: Recipe, presets=None, known_digests: dict | None = None, base_path: str = "") -> bool:
+        """Start a merge (a bake into ``base_path`` when given); False (and nothing started) when one
+        is still running."""
         if self._worker is not None:
             return False
-        worker = MergeWorker(recipe, presets, known_digests)
+        worker = MergeWorker(recipe, presets, known_digests, base_path)
         worker.moveToThread(self._thread)
         worker.progress.connect(self._on_progress)
         worker.notice.connect(self._on_notice)

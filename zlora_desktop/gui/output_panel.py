@@ -16,6 +16,7 @@ from ..core import options
 from ..core.errors import ZLoraError
 from .desktop import reveal_in_folder
 from .entries import human_size
+from .extract_dialog import describe_checkpoint
 from .loader_line import loader_label, show_reports
 from .tooltips import rich_tooltip, wrap_long_tooltips
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 WARNING_STYLE = "color: #b26a00;"
 ERROR_COLOUR = "#c62828"
+KIND_LORA, KIND_BAKED = "lora", "baked"  # the output kind: a merged LoRA, or the base model with it baked in
+BASE_SETTING, KIND_SETTING = "bake/base_model", "bake/output_kind"
 
 
 def _combo(items: dict[str, str]) -> QComboBox:
@@ -75,10 +78,11 @@ class OutputPanel(QWidget):
     mergeFinished = Signal(str)  # "ok" | "failed" | "cancelled"
     revealFailed = Signal(str)
 
-    def __init__(self, session, controller, parent=None):
+    def __init__(self, session, controller, parent=None, settings=None):
         super().__init__(parent)
         self.session = session
         self.controller = controller
+        self.settings = settings  # gui.settings.Settings: remembers the base model and the output kind
         self.last_report = None
         self.last_outcome = ""
         self._started_at = 0.0
@@ -100,6 +104,37 @@ class OutputPanel(QWidget):
         self.create_folder_button.setToolTip("Create the output file's folder")
         self.create_folder_button.clicked.connect(self.create_output_folder)
         self.create_folder_button.hide()
+
+        self.kind = QComboBox()
+        self.kind.addItem("LoRA", KIND_LORA)
+        self.kind.addItem("Baked model", KIND_BAKED)
+        self.kind.setToolTip(rich_tooltip("LoRA: write the merged LoRA. Baked model: add the recipe's LoRAs (same "
+                                          "ratios and weights) into the base model's weights and write a new model"))
+        self.base_path = QLineEdit()
+        self.base_path.setPlaceholderText("base model: .safetensors file or diffusers folder")
+        self.base_path.setToolTip("The model the LoRAs are baked into (never modified)")
+        self.base_path.editingFinished.connect(self._on_base_edited)
+        base_file = QToolButton()
+        base_file.setText("File…")
+        base_file.setToolTip("Choose a single-file base model")
+        base_file.clicked.connect(lambda: self._ask_base(folder=False))
+        base_folder = QToolButton()
+        base_folder.setText("Folder…")
+        base_folder.setToolTip("Choose a diffusers folder")
+        base_folder.clicked.connect(lambda: self._ask_base(folder=True))
+        base_row = QHBoxLayout()
+        base_row.setContentsMargins(0, 0, 0, 0)
+        base_row.addWidget(self.base_path, 1)
+        base_row.addWidget(base_file)
+        base_row.addWidget(base_folder)
+        self.base_row = QWidget()
+        self.base_row.setLayout(base_row)
+        self.base_note = _note()
+        self.base_usable = False
+        if settings is not None:
+            self.base_path.setText(str(settings.value(BASE_SETTING, "") or ""))
+            _select(self.kind, str(settings.value(KIND_SETTING, KIND_LORA) or KIND_LORA))
+        self.kind.currentIndexChanged.connect(self._on_kind_changed)
 
         self.format = _combo(options.FORMATS)
         self.format.setToolTip("Key layout of the output file; every loader reads its alpha as 1")
@@ -195,6 +230,10 @@ class OutputPanel(QWidget):
             widget.setBuddy(buddy)  # Alt+letter moves the focus to the field
             return widget
 
+        form.addRow(label("&Write:", self.kind), self.kind)
+        self.base_label = label("&Base model:", self.base_path)
+        form.addRow(self.base_label, self.base_row)
+        form.addRow("", self.base_note)
         form.addRow(label("&Output:", self.path), path_row)
         form.addRow("", path_note_row)
         form.addRow(label("&Format:", self.format), self.format)
@@ -263,6 +302,7 @@ class OutputPanel(QWidget):
         controller.cancelled.connect(self._on_cancelled)
         controller.busyChanged.connect(self._update_state)
         self.show_settings()
+        self._show_base()
         wrap_long_tooltips(self)
 
     def resizeEvent(self, event) -> None:
@@ -304,6 +344,53 @@ class OutputPanel(QWidget):
         self.rank.setEnabled(svd and not out.rank_auto)
         self.energy.setVisible(out.rank_auto)
         self.energy_label.setVisible(out.rank_auto)
+        self._update_state()
+
+    # ---- output kind and base model -----------------------------------------------------------------
+
+    @property
+    def baking(self) -> bool:
+        return self.kind.currentData() == KIND_BAKED
+
+    def _on_kind_changed(self, *args) -> None:
+        if self.settings is not None:
+            self.settings.set_value(KIND_SETTING, self.kind.currentData())
+        self._show_base()
+
+    def set_base(self, path: str) -> None:
+        self.base_path.setText(path)
+        self._on_base_edited()
+
+    def _on_base_edited(self) -> None:
+        if self.settings is not None:
+            self.settings.set_value(BASE_SETTING, self.base_path.text().strip())
+        self._show_base()
+
+    def _ask_base(self, folder: bool) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        current = self.base_path.text().strip()
+        if folder:
+            path = QFileDialog.getExistingDirectory(self, "Base model (diffusers folder)", current)
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Base model", current, "Checkpoint (*.safetensors)")
+        if path:
+            self.set_base(path)
+
+    def _show_base(self) -> None:
+        """The base row only for a baked model; its note says what was detected, or why it is unusable."""
+        baking = self.baking
+        self.base_label.setVisible(baking)
+        self.base_row.setVisible(baking)
+        if baking:
+            self.base_usable, text = describe_checkpoint(self.base_path.text().strip(), "base model")
+            self.base_note.setStyleSheet("" if self.base_usable else f"color: {ERROR_COLOUR}")
+            self._set_note(self.base_note, html.escape(text))
+        else:
+            self._set_note(self.base_note, "")
+        self.merge_button.setText("Bake" if baking else "Merge")
+        self.merge_button.setToolTip("Write the base model with the LoRAs baked in (Ctrl+M)" if baking
+                                     else "Write the merged LoRA (Ctrl+M)")
         self._update_state()
 
     def _typed_path(self) -> str:
@@ -355,9 +442,11 @@ class OutputPanel(QWidget):
         self._set_note(self.rank_note, html.escape(note) if note else "")
         usable = any(e.merged for e in self.session.model.entries)
         output = self.session.output.output
-        self.merge_button.setEnabled(not busy and usable and bool(output) and not self.session.output_clash())
+        self.merge_button.setEnabled(not busy and usable and bool(output) and not self.session.output_clash()
+                                     and (self.base_usable or not self.baking))
         self.cancel_button.setEnabled(busy and not self.controller.cancelling)
-        for widget in (self.format, self.method, self.rank_row, self.equal_qkv, self.dtype, self.device, self.path):
+        for widget in (self.format, self.method, self.rank_row, self.equal_qkv, self.dtype, self.device, self.path,
+                       self.kind, self.base_row):
             widget.setEnabled(not busy and (widget is not self.rank_row or self.session.output.method == "svd"))
         if not busy and self.last_outcome in ("", "reset"):
             self.progress.setFormat("Ready to merge" if usable and output else
@@ -439,8 +528,17 @@ class OutputPanel(QWidget):
         for entry in self.session.duplicates():
             if entry.merged:
                 self.log(f"note: {entry.name} has the same content as {entry.duplicate_of}; both are merged")
+        base = ""
+        if self.baking:
+            self._show_base()  # the file may have changed since it was chosen
+            if not self.base_usable:
+                self.log(f"cannot bake: base model: {self.base_note.text()}", error=True)
+                return False
+            base = self.base_path.text().strip()
+            if os.path.isdir(base) and recipe.output.lower().endswith(".safetensors"):
+                recipe.output = recipe.output[: -len(".safetensors")]  # a diffusers folder bakes into a folder
         return self.controller.start(recipe, presets=self.session.store,
-                                     known_digests=self.session.document.known_digests())
+                                     known_digests=self.session.document.known_digests(), base_path=base)
 
     def cancel_merge(self) -> None:
         if self.controller.busy:
@@ -455,13 +553,17 @@ class OutputPanel(QWidget):
         self.last_outcome = "running"
         count = len(recipe.inputs)
         rank = f", rank {recipe.rank}" if recipe.method == "svd" else ""
-        self.log(f"merging {count} LoRA{'s' if count != 1 else ''} → {recipe.output} "
-                 f"({recipe.method}{rank}, {recipe.format}, dtype {recipe.dtype}, device {recipe.device})")
+        if self.baking:
+            self.log(f"baking {count} LoRA{'s' if count != 1 else ''} into {self.base_path.text().strip()} → "
+                     f"{recipe.output} (dtype {recipe.dtype}, device {recipe.device})")
+        else:
+            self.log(f"merging {count} LoRA{'s' if count != 1 else ''} → {recipe.output} "
+                     f"({recipe.method}{rank}, {recipe.format}, dtype {recipe.dtype}, device {recipe.device})")
         self.progress.setRange(0, 0)  # busy until the first module
         self.progress.setFormat("opening inputs…")
         self.show_button.setEnabled(False)
         show_reports(self.loaders_line, None)
-        self._set_result("Merging…")
+        self._set_result("Baking…" if self.baking else "Merging…")
 
     def _on_progress(self, done: int, total: int, module: str) -> None:
         self.progress.setRange(0, max(total, 1))
@@ -476,6 +578,14 @@ class OutputPanel(QWidget):
         self.progress.setFormat("done")
         for line in report.summary().splitlines():
             self.log(line)
+        if not hasattr(report, "method"):  # a BakeReport: a model was written
+            self._set_result(f"<b>Wrote {html.escape(os.path.basename(report.output))}</b>: "
+                             f"{human_size(report.output_bytes)}, {len(report.modules)} modules baked, "
+                             f"{html.escape(report.dtype)}, on {report.device.upper()}, {report.seconds:.1f} s")
+            self.show_button.setEnabled(True)
+            self.session.message.emit(f"Wrote {report.output}")
+            self.mergeFinished.emit("ok")
+            return
         text = (f"<b>Wrote {html.escape(os.path.basename(report.output))}</b>: {human_size(report.output_bytes)}, "
                 f"{len(report.modules)} modules, {report.dtype}, on {report.device.upper()}, {report.seconds:.1f} s")
         if report.method == "svd" and report.modules:
