@@ -131,6 +131,7 @@ class OutputPanel(QWidget):
         self.base_row.setLayout(base_row)
         self.base_note = _note()
         self.base_usable = False
+        self.base_text = ""  # the detection line, or why the base is unusable (plain text)
         if settings is not None:
             self.base_path.setText(str(settings.value(BASE_SETTING, "") or ""))
             _select(self.kind, str(settings.value(KIND_SETTING, KIND_LORA) or KIND_LORA))
@@ -384,6 +385,7 @@ class OutputPanel(QWidget):
         self.base_row.setVisible(baking)
         if baking:
             self.base_usable, text = describe_checkpoint(self.base_path.text().strip(), "base model")
+            self.base_text = text
             self.base_note.setStyleSheet("" if self.base_usable else f"color: {ERROR_COLOUR}")
             self._set_note(self.base_note, html.escape(text))
         else:
@@ -532,7 +534,7 @@ class OutputPanel(QWidget):
         if self.baking:
             self._show_base()  # the file may have changed since it was chosen
             if not self.base_usable:
-                self.log(f"cannot bake: base model: {self.base_note.text()}", error=True)
+                self.log(f"cannot bake: base model: {self.base_text}", error=True)
                 return False
             base = self.base_path.text().strip()
             if os.path.isdir(base) and recipe.output.lower().endswith(".safetensors"):
