@@ -44,6 +44,8 @@ def test_baked_model_is_bake_of_the_documents_recipe(qtbot, window, samples, bas
     assert window.output.base_row.isVisible()
     assert "single file" in window.output.base_note.text() and "float32" in window.output.base_note.text()
     assert window.output.merge_button.text() == "Bake" and window.output.merge_button.isEnabled()
+    assert window.output.progress.format() == "Ready to bake"
+    assert not window.output.format.isEnabled() and not window.output.method.isEnabled()  # LoRA settings
 
     assert window.output.start_merge()
     assert wait_merge(qtbot, window) == "ok", window.output.log_view.toPlainText()
@@ -70,6 +72,7 @@ def test_lora_kind_hides_the_base_and_merges_a_lora(qtbot, window, samples, base
     window.output.kind.setCurrentIndex(window.output.kind.findData("lora"))
     assert not window.output.base_row.isVisible() and not window.output.base_note.isVisible()
     assert window.output.merge_button.text() == "Merge"
+    assert window.output.format.isEnabled() and window.output.method.isEnabled()
     output = tmp_path / "merged.safetensors"
     window.session.set_output(output=str(output))
     assert window.output.start_merge()

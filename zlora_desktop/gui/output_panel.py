@@ -9,7 +9,7 @@ import time
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QHBoxLayout, QLabel,
-                               QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
+                               QLineEdit, QMenu, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
                                QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from ..core import options
@@ -114,19 +114,19 @@ class OutputPanel(QWidget):
         self.base_path.setPlaceholderText("base model: .safetensors file or diffusers folder")
         self.base_path.setToolTip("The model the LoRAs are baked into (never modified)")
         self.base_path.editingFinished.connect(self._on_base_edited)
-        base_file = QToolButton()
-        base_file.setText("File…")
-        base_file.setToolTip("Choose a single-file base model")
-        base_file.clicked.connect(lambda: self._ask_base(folder=False))
-        base_folder = QToolButton()
-        base_folder.setText("Folder…")
-        base_folder.setToolTip("Choose a diffusers folder")
-        base_folder.clicked.connect(lambda: self._ask_base(folder=True))
+        # One "…" button as for the output (the dock is narrow): its menu picks a file or a folder.
+        base_browse = QToolButton()
+        base_browse.setText("…")
+        base_browse.setToolTip("Choose the base model: a single file or a diffusers folder")
+        base_browse.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        base_menu = QMenu(base_browse)
+        base_menu.addAction("Single &file…", lambda: self._ask_base(folder=False))
+        base_menu.addAction("Diffusers f&older…", lambda: self._ask_base(folder=True))
+        base_browse.setMenu(base_menu)
         base_row = QHBoxLayout()
         base_row.setContentsMargins(0, 0, 0, 0)
         base_row.addWidget(self.base_path, 1)
-        base_row.addWidget(base_file)
-        base_row.addWidget(base_folder)
+        base_row.addWidget(base_browse)
         self.base_row = QWidget()
         self.base_row.setLayout(base_row)
         self.base_note = _note()
@@ -447,11 +447,13 @@ class OutputPanel(QWidget):
         self.merge_button.setEnabled(not busy and usable and bool(output) and not self.session.output_clash()
                                      and (self.base_usable or not self.baking))
         self.cancel_button.setEnabled(busy and not self.controller.cancelling)
-        for widget in (self.format, self.method, self.rank_row, self.equal_qkv, self.dtype, self.device, self.path,
-                       self.kind, self.base_row):
-            widget.setEnabled(not busy and (widget is not self.rank_row or self.session.output.method == "svd"))
+        lora_only = (self.format, self.method, self.rank_row, self.equal_qkv)  # a baked model has no LoRA layout
+        for widget in (*lora_only, self.dtype, self.device, self.path, self.kind, self.base_row):
+            widget.setEnabled(not busy and (widget is not self.rank_row or self.session.output.method == "svd")
+                              and not (self.baking and widget in lora_only))
         if not busy and self.last_outcome in ("", "reset"):
-            self.progress.setFormat("Ready to merge" if usable and output else
+            ready = "Ready to bake" if self.baking else "Ready to merge"
+            self.progress.setFormat(ready if usable and output else
                                     "Add LoRAs to merge" if not usable else "Choose an output file")
         self._fit_settings()  # a note shown or hidden changes the height the settings need
 
