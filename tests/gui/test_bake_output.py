@@ -107,3 +107,40 @@ def test_base_and_kind_are_remembered(qtbot, window, base_model):
         assert "single file" in again.output.base_note.text()
     finally:
         again.shutdown()
+
+
+def test_a_diffusers_folder_base_bakes_into_a_folder(qtbot, window, tmp_path):
+    """A folder base: the typed ``.safetensors`` output becomes a folder of the same name, loaded back
+    by diffusers' own reader of sharded folders (its index names every shard written)."""
+    import json
+
+    import torch
+    from conftest import TINY_ZIMAGE_CONFIG, import_diffusers
+
+    from zlora_desktop.core.checkpoint import open_base
+    from zlora_desktop.core.sample import write_sample
+
+    import_diffusers()
+    from diffusers import ZImageTransformer2DModel
+
+    torch.manual_seed(5)
+    base = tmp_path / "transformer"
+    ZImageTransformer2DModel(**TINY_ZIMAGE_CONFIG).save_pretrained(base, max_shard_size="2MB")
+    hidden = TINY_ZIMAGE_CONFIG["dim"]
+    lora = tmp_path / "lora.safetensors"
+    write_sample(lora, SampleSpec(layout="kohya", rank=2, hidden=hidden, ffn=int(hidden / 3 * 8), adaln_in=256,
+                                  layers=2, components=("q", "v", "w2"), dtype="fp32", seed=4))
+    add_and_wait(qtbot, window, [str(lora)])
+    out = tmp_path / "out"
+    out.mkdir()
+    window.session.set_output(output=str(out / "baked.safetensors"))
+    _choose_baked(window, str(base))
+    assert "diffusers folder" in window.output.base_text
+    assert window.output.start_merge()
+    assert wait_merge(qtbot, window) == "ok", window.output.log_view.toPlainText()
+    baked = out / "baked"
+    assert window.output.last_report.output == str(baked)
+    assert open_base(str(baked)).describe().startswith("diffusers folder")
+    index = json.loads((baked / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    assert all((baked / shard).is_file() for shard in set(index["weight_map"].values()))
+    ZImageTransformer2DModel.from_pretrained(str(baked))
