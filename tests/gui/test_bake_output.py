@@ -144,3 +144,25 @@ def test_a_diffusers_folder_base_bakes_into_a_folder(qtbot, window, tmp_path):
     index = json.loads((baked / "diffusion_pytorch_model.safetensors.index.json").read_text())
     assert all((baked / shard).is_file() for shard in set(index["weight_map"].values()))
     ZImageTransformer2DModel.from_pretrained(str(baked))
+
+
+def test_a_cancelled_bake_leaves_nothing(qtbot, window, samples, base_model, tmp_path):
+    from PySide6.QtCore import Qt
+
+    add_and_wait(qtbot, window, [samples.style])
+    out = tmp_path / "out"
+    out.mkdir()
+    window.session.set_output(output=str(out / "baked.safetensors"))
+    _choose_baked(window, base_model)
+    assert window.output.start_merge()
+    worker = window.merge_controller._worker
+
+    # Cancelled while tensors are being written, as the Cancel button would between two tensors.
+    def cancel_midway(done, total, module):
+        if done >= 3:
+            worker.request_cancel()
+
+    worker.progress.connect(cancel_midway, Qt.ConnectionType.DirectConnection)
+    assert wait_merge(qtbot, window) == "cancelled", window.output.log_view.toPlainText()
+    assert "nothing was written" in window.output.result.text()
+    assert list(out.iterdir()) == []
