@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from zlora_desktop.core.sample import SampleSpec
+from zlora_desktop.core.sample import SampleSpec, write_sample
 
 from .helpers import add_and_wait, wait_merge
 
@@ -166,3 +166,20 @@ def test_a_cancelled_bake_leaves_nothing(qtbot, window, samples, base_model, tmp
     assert wait_merge(qtbot, window) == "cancelled", window.output.log_view.toPlainText()
     assert "nothing was written" in window.output.result.text()
     assert list(out.iterdir()) == []
+
+
+def test_the_base_model_is_the_documents_a_recipe_naming_one_sets_the_field(qtbot, window, tmp_path):
+    """One home: the field edits the document's base (saved in its recipe as "base"), and a
+    recipe that names a base model shows it in the field."""
+    from zlora_desktop.core.recipe import Recipe
+
+    panel = window.output
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    panel.set_base(str(first))
+    assert window.session.to_recipe().base == str(first)
+    lora = tmp_path / "a.safetensors"
+    write_sample(lora, SampleSpec(rank=2, layers=2))
+    recipe = Recipe.from_json({"inputs": [{"path": str(lora), "ratio": 1.0}], "output": "o.safetensors",
+                               "base": str(second)}, tmp_path)
+    window.session.document.load_recipe(recipe)
+    assert panel.base_path.text() == str(second)

@@ -302,6 +302,9 @@ class OutputPanel(QWidget):
         controller.failed.connect(self._on_failed)
         controller.cancelled.connect(self._on_cancelled)
         controller.busyChanged.connect(self._update_state)
+        remembered = self.base_path.text().strip()
+        if remembered and not self.session.output.base:
+            self.session.set_output(base=remembered)
         self.show_settings()
         self._show_base()
         wrap_long_tooltips(self)
@@ -331,6 +334,9 @@ class OutputPanel(QWidget):
         out = self.session.output
         if self.path.text() != out.output:
             self.path.setText(out.output)
+        if out.base and self.base_path.text().strip() != out.base:  # a recipe that names its base model
+            self.base_path.setText(out.base)
+            self._show_base()
         _select(self.format, out.format)
         _select(self.method, out.method)
         _select(self.dtype, out.dtype)
@@ -363,8 +369,10 @@ class OutputPanel(QWidget):
         self._on_base_edited()
 
     def _on_base_edited(self) -> None:
+        base = self.base_path.text().strip()
         if self.settings is not None:
-            self.settings.set_value(BASE_SETTING, self.base_path.text().strip())
+            self.settings.set_value(BASE_SETTING, base)  # the next new window starts from it
+        self.session.set_output(base=base)  # the document's (its recipe's "base") is the one baked into
         self._show_base()
 
     def _ask_base(self, folder: bool) -> None:
