@@ -183,3 +183,12 @@ def test_the_base_model_is_the_documents_a_recipe_naming_one_sets_the_field(qtbo
                                "base": str(second)}, tmp_path)
     window.session.document.load_recipe(recipe)
     assert panel.base_path.text() == str(second)
+
+
+def test_the_output_note_names_the_job_that_writes(qtbot, window, base_model, tmp_path):
+    existing = tmp_path / "out.safetensors"
+    existing.write_bytes(b"x")
+    window.session.set_output(output=str(existing))
+    assert "the merge writes" in window.output.path_note.text()
+    _choose_baked(window, base_model)
+    assert "the bake writes" in window.output.path_note.text()

@@ -363,6 +363,7 @@ class OutputPanel(QWidget):
         if self.settings is not None:
             self.settings.set_value(KIND_SETTING, self.kind.currentData())
         self._show_base()
+        self._show_path_note()  # it names the job: merge or bake
 
     def set_base(self, path: str) -> None:
         self.base_path.setText(path)
@@ -481,7 +482,8 @@ class OutputPanel(QWidget):
         elif missing_folder:
             text = f"The folder {html.escape(folder)} does not exist."
         elif output and os.path.exists(output) and not self.session.output.output_confirmed:
-            text = (f"Exists: the merge writes <b>{html.escape(os.path.basename(free_name(output)))}</b>. "
+            job = "the bake" if self.baking else "the merge"
+            text = (f"Exists: {job} writes <b>{html.escape(os.path.basename(free_name(output)))}</b>. "
                     f"To replace it, choose it with “…”.")
         else:
             text = ""
