@@ -23,7 +23,7 @@ from functools import partial
 from typing import Callable
 
 from . import dtypes, model, writer
-from .checkpoint import PLAIN_FLOAT_CODES, BaseCheckpoint, open_base
+from .checkpoint import PLAIN_FLOAT_CODES, BaseCheckpoint, open_base, read_tensor
 from .errors import CancelledError, ZLoraError, one_line
 from .lora_file import all_finite
 from .merge import ProgressCallback, _set_torch_threads, input_digest, open_inputs, resolve_device
@@ -127,7 +127,7 @@ def bake(recipe: Recipe, base_path: str, progress: ProgressCallback | None = Non
                         job = partial(stream.write, key, _baked(base, file, source, key, edits[key], target_dtype, device))
                         report.tensors_changed += 1
                     elif dtypes.safetensors_code(target_dtype) != entry.dtype:
-                        job = partial(stream.write, key, _read(source, header, key).to(target_dtype))
+                        job = partial(stream.write, key, read_tensor(source, header, key).to(target_dtype))
                         report.tensors_converted += 1
                     else:
                         job = partial(stream.copy_from, key, copy_source, entry.start, buffer)
@@ -266,27 +266,6 @@ def _planned_bytes(specs, metadata, order) -> int:
 # ---- computing -------------------------------------------------------------------------------
 
 
-def _read(source, header, key: str):
-    """One tensor of an open base file, as stored (on the CPU)."""
-    import torch
-
-    entry = header.tensors[key]
-    dtype = dtypes.torch_dtype(dtypes.TORCH_NAMES[entry.dtype])
-    size = entry.end - entry.start
-    if size == 0:
-        return torch.empty(entry.shape, dtype=dtype)
-    buffer = bytearray(size)
-    source.seek(entry.start)
-    view = memoryview(buffer)
-    read = 0
-    while read < size:
-        count = source.readinto(view[read:])
-        if not count:
-            raise ZLoraError(f"file changed while it was read (tensor {key!r} ends early)", header.path)
-        read += count
-    return torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
-
-
 def _baked(base: BaseCheckpoint, file: str, source, key: str, edits: list[_Edit], dtype, device: str):
     """Tensor ``key`` with every edit added in float32 on ``device``, cast once to ``dtype``.
 
@@ -295,7 +274,7 @@ def _baked(base: BaseCheckpoint, file: str, source, key: str, edits: list[_Edit]
     import torch
 
     # float32 on the CPU: the read buffer itself (ours), else a widened copy
-    total = _read(source, base.headers[file], key).to(device=device, dtype=torch.float32)
+    total = read_tensor(source, base.headers[file], key).to(device=device, dtype=torch.float32)
     largest = 0.0  # a bound on |ΔW|: only a sum that may leave dtype's range is checked element by element
     for edit in edits:
         target = total[edit.rows[0]:edit.rows[1]] if edit.rows is not None else total

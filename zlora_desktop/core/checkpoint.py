@@ -12,7 +12,8 @@ Layouts read (docs/BAKE.md):
 Quantised files (legacy scaled fp8 with ``scale_weight``, ComfyUI's ``comfy_quant`` +
 ``weight_scale``) are detected and named, and refused for now.
 
-Only headers are read here (no torch): tensors are read one at a time by the bake.
+Detection reads headers only (no torch); ``read_tensor`` reads one tensor at a time for the bake
+and the extract (torch imported then).
 """
 
 from __future__ import annotations
@@ -292,3 +293,25 @@ def _hidden(headers, tensor_file, prefix: str, fused: bool, path: str) -> int:
     if len(shape) != 2 or shape[0] != shape[1]:
         raise _refuse_foreign(path, f"{key} is {list(shape) if shape else 'missing'}, not a square matrix")
     return shape[0]
+
+
+def read_tensor(source, header: Header, key: str):
+    """One tensor of an open checkpoint file (``source``: its binary handle), as stored, on the CPU:
+    read into memory of its own, one tensor at a time (a bake and an extract never hold a checkpoint)."""
+    import torch
+
+    entry = header.tensors[key]
+    dtype = dtypes.torch_dtype(dtypes.TORCH_NAMES[entry.dtype])
+    size = entry.end - entry.start
+    if size == 0:
+        return torch.empty(entry.shape, dtype=dtype)
+    buffer = bytearray(size)
+    source.seek(entry.start)
+    view = memoryview(buffer)
+    read = 0
+    while read < size:
+        count = source.readinto(view[read:])
+        if not count:
+            raise ZLoraError(f"file changed while it was read (tensor {key!r} ends early)", header.path)
+        read += count
+    return torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import dtypes, keys
-from .checkpoint import BaseCheckpoint, Location, module_names, open_base
+from .checkpoint import BaseCheckpoint, Location, module_names, open_base, read_tensor
 from .errors import CancelledError, ZLoraError
 from .merge import ModuleStats, resolve_device
 from .writer import AtomicOutput, ModuleWriter, check_little_endian, plan_tensors
@@ -285,15 +285,13 @@ class _Readers:
         """The module's weight (its rows of a fused qkv) as float32 on ``device``."""
         import torch
 
-        from .bake import _read
-
         handle = self.handles.get(location.file)
         if handle is None:
             try:
                 handle = self.handles[location.file] = open(location.file, "rb")
             except OSError as exc:
                 raise ZLoraError(f"cannot read file ({exc.strerror})", location.file) from None
-        tensor = _read(handle, checkpoint.headers[location.file], location.key)
+        tensor = read_tensor(handle, checkpoint.headers[location.file], location.key)
         if location.rows is not None:
             tensor = tensor[location.rows[0]:location.rows[1]]
         return tensor.to(device=device, dtype=torch.float32)
